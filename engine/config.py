@@ -1,0 +1,122 @@
+"""YAML configuration loaded into nested, validated dataclasses.
+
+`from_dict(cls, data)` builds a dataclass from a mapping: unknown keys and wrong types are
+`InputError`s that name the dotted key (`detector.jet_resolution`), before any work starts.
+Validation of values lives in each dataclass's `__post_init__`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from engine.errors import InputError
+
+T = TypeVar("T")
+
+
+def load_yaml(path: str | Path) -> dict:
+    """Read a YAML mapping from `path`; a missing or malformed file is an InputError."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "no such config file")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise InputError(path, f"not valid YAML ({exc.__class__.__name__})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise InputError(path, "the top level must be a mapping of keys to values")
+    return data
+
+
+def from_dict(cls: type[T], data: dict | None, where: str = "") -> T:
+    """Build dataclass `cls` from `data`, checking keys and types recursively."""
+    data = {} if data is None else data
+    if not isinstance(data, dict):
+        raise InputError(where or cls.__name__, f"expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise InputError(_key(where, unknown[0]), f"unknown key (known: {', '.join(sorted(fields))})")
+    kwargs = {name: _coerce(hints[name], value, _key(where, name)) for name, value in data.items()}
+    try:
+        return cls(**kwargs)
+    except (ValueError, TypeError) as exc:
+        raise InputError(where or cls.__name__, str(exc)) from None
+
+
+def to_dict(obj: Any) -> Any:
+    """A dataclass tree as plain dicts and lists (for YAML/JSON provenance)."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    return obj
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply `a.b.c=value` strings (value parsed as YAML) onto a nested dict, in place."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise InputError(item, "an override must look like section.key=value")
+        node = data
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise InputError(key, f"'{part}' is not a section")
+        node[parts[-1]] = yaml.safe_load(raw)
+    return data
+
+
+def _key(where: str, name: str) -> str:
+    return f"{where}.{name}" if where else name
+
+
+def _coerce(hint: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if dataclasses.is_dataclass(hint):
+        return from_dict(hint, value, key)
+    if origin is typing.Union or (origin is not None and str(origin) == "<class 'types.UnionType'>"):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(arg, value, key)
+            except InputError as exc:
+                errors.append(exc)
+        raise errors[0]
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise InputError(key, f"expected a list, got {type(value).__name__}")
+        inner = args[0] if args else Any
+        items = [_coerce(inner, v, f"{key}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise InputError(key, f"expected a mapping, got {type(value).__name__}")
+        return dict(value)
+    if origin is typing.Literal:
+        if value not in args:
+            raise InputError(key, f"must be one of {', '.join(map(str, args))}, got {value!r}")
+        return value
+    if hint is Any:
+        return value
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, float, str, bool):
+        if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+            raise InputError(key, f"expected {hint.__name__}, got {type(value).__name__} {value!r}")
+        return value
+    return value

@@ -1,0 +1,1 @@
+"""Data layer: events in (Pythia, ROOT, JSON) -> canonical Parquet -> shards -> loader batches."""

@@ -1,0 +1,150 @@
+"""The canonical on-disk event formats: one Parquet row per event, or per large-radius jet.
+
+Everything that writes Parquet goes through `events_table` / `fatjets_table`, so every file has
+exactly these Arrow types, collections sorted by pt descending, finite values, and file metadata
+under the key `engine` (JSON: schema version, kind, class names, provenance).
+
+Units: GeV for momenta and masses, radians for angles.
+`label` is the index of `process` in the file's `class_names`.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import awkward as ak
+import numpy as np
+import pyarrow as pa
+
+SCHEMA_VERSION = 1
+METADATA_KEY = b"engine"
+ROW_GROUP_ROWS = 65_536
+
+LEPTON_FIELDS = {"pt": pa.float32(), "eta": pa.float32(), "phi": pa.float32(),
+                 "mass": pa.float32(), "charge": pa.int8()}
+JET_FIELDS = {"pt": pa.float32(), "eta": pa.float32(), "phi": pa.float32(),
+              "mass": pa.float32(), "btag": pa.float32(), "btagged": pa.bool_()}
+FATJET_FIELDS = {"pt": pa.float32(), "eta": pa.float32(), "phi": pa.float32(), "mass": pa.float32()}
+CONSTITUENT_FIELDS = {"pt": pa.float32(), "eta": pa.float32(), "phi": pa.float32(),
+                      "charge": pa.int8(), "pid": pa.int32()}
+
+COLLECTIONS = {"electrons": LEPTON_FIELDS, "muons": LEPTON_FIELDS, "jets": JET_FIELDS}
+
+
+def _struct(fields: dict[str, pa.DataType]) -> pa.StructType:
+    return pa.struct([pa.field(name, typ, nullable=False) for name, typ in fields.items()])
+
+
+def _list_of(fields: dict[str, pa.DataType]) -> pa.ListType:
+    return pa.list_(pa.field("item", _struct(fields), nullable=False))
+
+
+HEADER_FIELDS = [
+    pa.field("label", pa.int32(), nullable=False),
+    pa.field("process", pa.string(), nullable=False),
+    pa.field("weight", pa.float32(), nullable=False),
+    pa.field("run", pa.int64(), nullable=False),
+    pa.field("lumi", pa.int64(), nullable=False),
+    pa.field("event", pa.int64(), nullable=False),
+]
+
+EVENT_SCHEMA = pa.schema(HEADER_FIELDS + [
+    pa.field("met_pt", pa.float32(), nullable=False),
+    pa.field("met_phi", pa.float32(), nullable=False),
+] + [pa.field(name, _list_of(fields), nullable=False) for name, fields in COLLECTIONS.items()])
+
+FATJET_SCHEMA = pa.schema(HEADER_FIELDS + [
+    pa.field("fatjet", _struct(FATJET_FIELDS), nullable=False),
+    pa.field("constituents", _list_of(CONSTITUENT_FIELDS), nullable=False),
+])
+
+KINDS = {"events": EVENT_SCHEMA, "fatjets": FATJET_SCHEMA}
+
+
+def schema_for(kind: str) -> pa.Schema:
+    return KINDS[kind]
+
+
+def make_metadata(kind: str, class_names: list[str], provenance: dict[str, Any]) -> dict[bytes, bytes]:
+    """File-level key/value metadata for a Parquet file of `kind` ('events' or 'fatjets')."""
+    doc = {"schema_version": SCHEMA_VERSION, "kind": kind, "class_names": list(class_names),
+           "provenance": provenance}
+    return {METADATA_KEY: json.dumps(doc, sort_keys=True, default=_json_default).encode()}
+
+
+def parse_metadata(raw: dict[bytes, bytes] | None) -> dict[str, Any] | None:
+    """The `engine` metadata document of a Parquet schema, or None if the file has none."""
+    if not raw or METADATA_KEY not in raw:
+        return None
+    return json.loads(raw[METADATA_KEY])
+
+
+def sort_by_pt(collection: ak.Array) -> ak.Array:
+    """Sort each event's objects by pt, highest first (stable, columnar)."""
+    order = ak.argsort(collection.pt, axis=1, ascending=False, stable=True)
+    return collection[order]
+
+
+def events_table(events: ak.Array, process: str, class_names: list[str]) -> pa.Table:
+    """Canonical event table from an awkward array of event records.
+
+    `events` has fields weight, run, lumi, event, met_pt, met_phi and the collections
+    electrons / muons / jets (records with the fields of LEPTON_FIELDS / JET_FIELDS).
+    Collections are sorted by pt descending here; `label` and `process` are filled in.
+    """
+    n = len(events)
+    columns = _header_columns(events, process, class_names, n)
+    columns["met_pt"] = _flat(events.met_pt, pa.float32())
+    columns["met_phi"] = _flat(events.met_phi, pa.float32())
+    for name, fields in COLLECTIONS.items():
+        columns[name] = _list_column(sort_by_pt(events[name]), fields)
+    return pa.Table.from_pydict(columns, schema=EVENT_SCHEMA)
+
+
+def fatjets_table(jets: ak.Array, process: str, class_names: list[str]) -> pa.Table:
+    """Canonical large-radius-jet table: fields weight, run, lumi, event, fatjet, constituents."""
+    n = len(jets)
+    columns = _header_columns(jets, process, class_names, n)
+    fat = jets.fatjet
+    columns["fatjet"] = pa.StructArray.from_arrays(
+        [_flat(fat[name], typ) for name, typ in FATJET_FIELDS.items()],
+        fields=list(_struct(FATJET_FIELDS)))
+    columns["constituents"] = _list_column(sort_by_pt(jets.constituents), CONSTITUENT_FIELDS)
+    return pa.Table.from_pydict(columns, schema=FATJET_SCHEMA)
+
+
+def _header_columns(events: ak.Array, process: str, class_names: list[str], n: int) -> dict:
+    label = class_names.index(process)
+    return {
+        "label": pa.array(np.full(n, label, dtype=np.int32)),
+        "process": pa.array([process] * n, type=pa.string()) if n < 1 else
+        pa.DictionaryArray.from_arrays(np.zeros(n, np.int32), [process]).cast(pa.string()),
+        "weight": _flat(events.weight, pa.float32()),
+        "run": _flat(events.run, pa.int64()),
+        "lumi": _flat(events.lumi, pa.int64()),
+        "event": _flat(events.event, pa.int64()),
+    }
+
+
+def _flat(values: Any, typ: pa.DataType) -> pa.Array:
+    return pa.array(np.asarray(ak.to_numpy(values) if isinstance(values, ak.Array) else values)
+                    .astype(typ.to_pandas_dtype(), copy=False), type=typ)
+
+
+def _list_column(collection: ak.Array, fields: dict[str, pa.DataType]) -> pa.ListArray:
+    """A list<struct> Arrow column straight from an awkward jagged record array (no Python loop)."""
+    counts = ak.to_numpy(ak.num(collection, axis=1)).astype(np.int32)
+    offsets = np.zeros(len(counts) + 1, dtype=np.int32)
+    np.cumsum(counts, out=offsets[1:])
+    flat = ak.flatten(collection, axis=1)
+    children = [_flat(flat[name], typ) for name, typ in fields.items()]
+    struct = pa.StructArray.from_arrays(children, fields=list(_struct(fields)))
+    return pa.ListArray.from_arrays(pa.array(offsets), struct, type=_list_of(fields))
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (set, tuple)):
+        return list(value)
+    return str(value)

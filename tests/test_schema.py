@@ -1,0 +1,68 @@
+import numpy as np
+import pytest
+
+from engine.data import parquet_io, schema
+from engine.errors import InputError
+from tests.events import synthetic_events
+
+
+def test_events_table_has_canonical_schema_and_sorted_collections():
+    events = synthetic_events(200, seed=1)
+    table = schema.events_table(events, "wjets", ["ttbar", "wjets"])
+    assert table.schema.equals(schema.EVENT_SCHEMA)
+    assert set(table.column("label").to_pylist()) == {1}
+    assert set(table.column("process").to_pylist()) == {"wjets"}
+    for name in schema.COLLECTIONS:
+        for row in table.column(name).to_pylist():
+            pts = [obj["pt"] for obj in row]
+            assert pts == sorted(pts, reverse=True)
+
+
+def test_sorting_keeps_fields_together():
+    events = synthetic_events(50, seed=2)
+    table = schema.events_table(events, "ttbar", ["ttbar"])
+    original = {(round(j["pt"], 3), round(j["btag"], 4)) for ev in events.jets.tolist() for j in ev}
+    written = {(round(j["pt"], 3), round(j["btag"], 4)) for ev in table.column("jets").to_pylist() for j in ev}
+    assert original == written
+
+
+def test_parquet_round_trip_and_metadata(tmp_path):
+    events = synthetic_events(100, seed=3)
+    table = schema.events_table(events, "dy", ["dy"])
+    path = tmp_path / "dy.parquet"
+    parquet_io.write_table(path, table, "events", ["dy"], {"tool": "test", "seed": 3})
+    pf, meta = parquet_io.open_parquet(path)
+    assert meta["schema_version"] == schema.SCHEMA_VERSION
+    assert meta["class_names"] == ["dy"] and meta["provenance"]["seed"] == 3
+    back = pf.read()
+    assert back.drop_columns([]).cast(schema.EVENT_SCHEMA).equals(table)
+    only = next(parquet_io.iter_batches(path, columns=["met_pt"]))
+    assert only.schema.names == ["met_pt"]
+
+
+def test_failed_write_leaves_nothing(tmp_path):
+    path = tmp_path / "out.parquet"
+    table = schema.events_table(synthetic_events(10), "dy", ["dy"])
+    with pytest.raises(RuntimeError):
+        with parquet_io.ParquetSink(path, "events", ["dy"], {}) as sink:
+            sink.write(table)
+            raise RuntimeError("interrupted")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_check_finite_names_the_column():
+    events = synthetic_events(20, seed=4)
+    parquet_io.check_finite(schema.events_table(events, "dy", ["dy"]), "ok.parquet")
+    events["jets", "pt"] = events.jets.pt * np.inf
+    bad = schema.events_table(events, "dy", ["dy"])
+    with pytest.raises(InputError, match=r"bad\.parquet: .*'jets\.pt'"):
+        parquet_io.check_finite(bad, "bad.parquet")
+
+
+def test_open_rejects_foreign_parquet(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    path = tmp_path / "foreign.parquet"
+    pq.write_table(pa.table({"x": [1, 2]}), path)
+    with pytest.raises(InputError, match="no engine metadata"):
+        parquet_io.open_parquet(path)
