@@ -1,0 +1,421 @@
+"""Monte Carlo events: Pythia 8 -> detector response + FastJet -> canonical Parquet.
+
+Generation is per event by nature, but everything after it is columnar: each worker asks Pythia
+for a batch of events at once (`Pythia.nextBatch`, an awkward array of particles), applies the
+detector response (`engine.data.detector`) and clusters all events of the batch in one FastJet
+call (its awkward interface, about twice as fast as a list of PseudoJets per event).
+
+Parallelism: W worker processes, each with its own Pythia seeded from (seed, worker index), each
+producing a fixed share of the N accepted rows; shares are written to part files and joined in
+worker order, so the same seed and W give the same file.
+"""
+from __future__ import annotations
+
+import math
+import multiprocessing as mp
+import queue as queue_mod
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass
+from importlib.metadata import version
+from pathlib import Path
+from typing import Callable
+
+import awkward as ak
+import numpy as np
+import pyarrow.parquet as pq
+
+from engine.config import to_dict
+from engine.data import detector as det
+from engine.data.parquet_io import ParquetSink
+from engine.data.processes import Process, get_process, make_pythia, stdout_silenced
+from engine.data.schema import events_table, fatjets_table
+from engine.data.selection import SelectionConfig, apply_selection, fatjet_mask
+
+MAX_BATCH_EVENTS = 200
+"""Pythia events per nextBatch call (bounded so memory and progress stay smooth)."""
+
+
+@dataclass(frozen=True)
+class GenerateJob:
+    """Everything that determines the output file."""
+
+    process: str
+    events: int
+    """Rows to write: events (or large-radius jets) that pass the selection."""
+    ecm_gev: float
+    seed: int
+    workers: int
+    selection: SelectionConfig
+    detector: det.DetectorConfig
+
+
+# ---------------------------------------------------------------- seeds and shares
+
+def worker_seeds(seed: int, worker: int) -> tuple[int, np.random.Generator]:
+    """Pythia's Random:seed (1..900000000) and the detector's numpy generator for one worker."""
+    pythia_ss, numpy_ss = np.random.SeedSequence([seed, worker]).spawn(2)
+    return int(pythia_ss.generate_state(1)[0]) % 900_000_000 + 1, np.random.default_rng(numpy_ss)
+
+
+def split_counts(total: int, workers: int) -> list[int]:
+    """Deterministic shares of `total` over `workers` (the first ones get one more)."""
+    base, extra = divmod(total, workers)
+    return [base + (w < extra) for w in range(workers)]
+
+
+def make_worker_pythia(process: Process, ecm_gev: float, seed: int):
+    """A quiet Pythia for one worker; FastJet's one-time banner is swallowed here as well."""
+    pythia = make_pythia(process, ecm_gev, seed)
+    with stdout_silenced():
+        _cluster(ak.Array([[{"px": 1.0, "py": 0.0, "pz": 0.0, "E": 1.0}]]), 0.4, 0.0)
+    return pythia
+
+
+def _cluster(inputs: ak.Array, radius: float, pt_min: float, with_constituents: bool = False):
+    """Anti-kt jets of every event at once: jagged (E, J) px/py/pz/E [, (E, J, C) indices]."""
+    import fastjet
+
+    sequence = fastjet.ClusterSequence(inputs, fastjet.JetDefinition(fastjet.antikt_algorithm, radius))
+    jets = sequence.inclusive_jets(pt_min)
+    return (jets, sequence.constituent_index(pt_min)) if with_constituents else jets
+
+
+# ---------------------------------------------------------------- particles
+
+def batch_particles(batch: ak.Array, charge_of: Callable[[np.ndarray], np.ndarray]):
+    """Pythia's batch -> (E, P) jagged particle records and the flat arrays behind them.
+
+    Fields: index (position in the event record), gidx (position in the flat arrays), id, status,
+    px, py, pz, e, pt, eta, phi, mass, charge. `mother`/`daughter` are flat global indices (-1: none).
+    """
+    prt = batch.prt
+    counts = ak.to_numpy(ak.num(prt, axis=1))
+    starts = np.repeat(np.cumsum(counts) - counts, counts)
+    flat = {name: ak.to_numpy(ak.flatten(prt[name])) for name in ("id", "status", "mother1", "daughter1",
+                                                                 "daughter2")}
+    mom = {name: ak.to_numpy(ak.flatten(prt.p[name])).astype(np.float64) for name in ("px", "py", "pz", "e")}
+    pt, eta, phi, _ = det.kinematics(mom["px"], mom["py"], mom["pz"], mom["e"])
+    flat.update(mom, pt=pt, eta=eta, phi=phi, mass=ak.to_numpy(ak.flatten(prt.m)),
+                charge=charge_of(flat["id"]), gidx=np.arange(len(pt)),
+                index=np.arange(len(pt)) - starts)
+    flat["mother"] = np.where(flat["mother1"] > 0, starts + flat["mother1"], -1)
+    flat["daughter"] = np.where(flat["daughter1"] > 0, starts + flat["daughter1"], -1)
+    flat["daughter_last"] = np.where(flat["daughter2"] > 0, starts + flat["daughter2"], flat["daughter"])
+    fields = ("index", "gidx", "id", "status", "px", "py", "pz", "e", "pt", "eta", "phi", "mass",
+              "charge")
+    particles = ak.unflatten(ak.zip({k: flat[k] for k in fields}), counts)
+    return particles, flat, counts
+
+
+def _visible(flat: dict, cfg: det.DetectorConfig) -> np.ndarray:
+    neutrino = np.isin(np.abs(flat["id"]), det.NEUTRINOS)
+    return (flat["status"] > 0) & ~neutrino & (np.abs(flat["eta"]) < cfg.jets.abs_eta_max)
+
+
+def _jagged(mask: np.ndarray, counts: np.ndarray) -> ak.Array:
+    return ak.unflatten(mask, counts)
+
+
+# ---------------------------------------------------------------- events
+
+def reconstruct_events(particles: ak.Array, flat: dict, counts: np.ndarray,
+                       cfg: det.DetectorConfig, rng: np.random.Generator) -> ak.Array:
+    """Detector-level events (E,) with met_pt, met_phi, electrons, muons, jets (unselected)."""
+    visible = _visible(flat, cfg)
+    leptons = _reconstruct_leptons(particles, flat, counts, visible, cfg.leptons, rng)
+    jet_inputs = visible.copy()
+    jet_inputs[ak.to_numpy(ak.flatten(leptons.gidx))] = False
+    jets = _reconstruct_jets(particles[_jagged(jet_inputs, counts)], cfg.jets, rng)
+    is_b = det.weakly_decaying(det.heavy_flavour(flat["id"], 5), flat["mother"])
+    is_c = det.weakly_decaying(det.heavy_flavour(flat["id"], 4), flat["mother"])
+    flavour = det.jet_flavour(jets, particles[_jagged(is_b, counts)], particles[_jagged(is_c, counts)],
+                              cfg.btag.match_dr)
+    btag = det.btag_discriminant(ak.to_numpy(ak.flatten(flavour)), cfg.btag, rng)
+    jets = ak.with_field(jets, ak.unflatten(btag, ak.num(jets, axis=1)), "btag")
+    jets = ak.with_field(jets, jets.btag > cfg.btag.working_point, "btagged")
+    seen = particles[_jagged(visible, counts)]
+    met_pt, met_phi = det.missing_et(seen.px, seen.py, cfg.met, rng)
+    lepton_fields = ("pt", "eta", "phi", "mass", "charge")
+    electrons = leptons[abs(leptons.id) == 11]
+    muons = leptons[abs(leptons.id) == 13]
+    return ak.zip({
+        "met_pt": met_pt, "met_phi": met_phi,
+        "electrons": ak.zip({f: electrons[f] for f in lepton_fields}),
+        "muons": ak.zip({f: muons[f] for f in lepton_fields}),
+        "jets": ak.zip({f: jets[f] for f in ("pt", "eta", "phi", "mass", "btag", "btagged")}),
+    }, depth_limit=1)
+
+
+def _reconstruct_leptons(particles, flat, counts, visible, cfg: det.LeptonConfig, rng) -> ak.Array:
+    """Isolated, efficient, smeared electrons and muons (jagged records, with id and gidx)."""
+    aid = np.abs(flat["id"])
+    candidate = ((flat["status"] > 0) & ((aid == 11) | (aid == 13))
+                 & (flat["pt"] > cfg.pt_min_gev) & (np.abs(flat["eta"]) < cfg.abs_eta_max))
+    leptons = particles[_jagged(candidate, counts)]
+    isolated = det.relative_isolation(leptons, particles[_jagged(visible, counts)],
+                                      cfg.isolation_cone) < cfg.isolation_max
+    is_e = abs(leptons.id) == 11
+    found = det.efficiency_mask(leptons, ak.where(is_e, cfg.electron_efficiency, cfg.muon_efficiency), rng)
+    leptons = leptons[isolated & found]
+    is_e = ak.to_numpy(ak.flatten(abs(leptons.id) == 11))
+    rel = np.where(is_e, cfg.electron_pt_resolution, cfg.muon_pt_resolution)
+    factor = ak.unflatten(det.smear_factor(rel, rng), ak.num(leptons, axis=1))
+    return ak.with_field(leptons, leptons.pt * factor, "pt")
+
+
+def _reconstruct_jets(inputs: ak.Array, cfg: det.JetConfig, rng) -> ak.Array:
+    """Anti-kt jets of the inputs, energy-smeared, above cfg.pt_min_gev: jagged pt/eta/phi/mass."""
+    raw = _cluster(ak.zip({"px": inputs.px, "py": inputs.py, "pz": inputs.pz, "E": inputs.e}),
+                   cfg.radius, 0.5 * cfg.pt_min_gev)
+    n = ak.num(raw, axis=1)
+    pt, eta, phi, mass = det.kinematics(*(ak.to_numpy(ak.flatten(raw[c])) for c in ("px", "py", "pz", "E")))
+    factor = det.smear_factor(det.jet_resolution(pt, cfg), rng)
+    jets = ak.unflatten(ak.zip({"pt": pt * factor, "eta": eta, "phi": phi, "mass": mass * factor}), n)
+    return jets[jets.pt > cfg.pt_min_gev]
+
+
+# ---------------------------------------------------------------- large-radius jets
+
+def reconstruct_fatjets(particles: ak.Array, flat: dict, counts: np.ndarray, cfg: det.DetectorConfig,
+                        selection: SelectionConfig, require_higgs: bool) -> ak.Array:
+    """Large-radius jets passing the selection, flattened over events: (J,) records with
+    `ibatch` (event in the batch), fatjet {pt, eta, phi, mass}, constituents [{pt, eta, phi, charge, pid}].
+    """
+    visible = _visible(flat, cfg)
+    seen = particles[_jagged(visible, counts)]
+    raw, cidx = _cluster(ak.zip({"px": seen.px, "py": seen.py, "pz": seen.pz, "E": seen.e}),
+                         cfg.fatjets.radius, cfg.fatjets.pt_min_gev, with_constituents=True)
+    pt, eta, phi, mass = det.kinematics(*(ak.to_numpy(ak.flatten(raw[c])) for c in ("px", "py", "pz", "E")))
+    n_jets = ak.to_numpy(ak.num(raw, axis=1))
+    fat = ak.unflatten(ak.zip({"pt": pt, "eta": eta, "phi": phi, "mass": mass}), n_jets)
+    keep = fatjet_mask(pt, eta, selection)
+    if require_higgs:
+        keep &= ak.to_numpy(ak.flatten(_higgs_matched(fat, particles, flat, counts, cfg.fatjets.match_dr)))
+    n_seen = ak.to_numpy(ak.num(seen, axis=1))
+    starts = ak.Array(np.cumsum(n_seen) - n_seen)
+    flat_idx = ak.to_numpy(ak.flatten(cidx + starts, axis=None))
+    source = {k: ak.to_numpy(ak.flatten(seen[k])) for k in ("pt", "eta", "phi", "charge", "id")}
+    parts = ak.zip({"pt": source["pt"][flat_idx], "eta": source["eta"][flat_idx],
+                    "phi": source["phi"][flat_idx], "charge": source["charge"][flat_idx],
+                    "pid": source["id"][flat_idx]})
+    constituents = ak.unflatten(parts, ak.to_numpy(ak.flatten(ak.num(cidx, axis=2))))
+    ievent = np.repeat(np.arange(len(n_jets)), n_jets)
+    rows = ak.zip({"ibatch": ievent, "fatjet": ak.flatten(fat), "constituents": constituents},
+                  depth_limit=1)
+    return rows[keep]
+
+
+def _higgs_matched(fat: ak.Array, particles, flat, counts, match_dr: float) -> ak.Array:
+    """Per jet (E, J): a Higgs boson and both of its b quarks lie within match_dr of the axis."""
+    d1 = flat["daughter"]
+    is_h = (flat["id"] == 25) & (d1 >= 0)
+    is_h[is_h] &= np.abs(flat["id"][d1[is_h]]) == 5
+    first = np.where(is_h, d1, 0)
+    second = np.where(is_h, flat["daughter_last"], 0)
+    h = ak.zip({"eta": flat["eta"], "phi": flat["phi"],
+                "eta1": flat["eta"][first], "phi1": flat["phi"][first],
+                "eta2": flat["eta"][second], "phi2": flat["phi"][second]})
+    higgs = ak.unflatten(h, counts)[_jagged(is_h, counts)]
+    jet, hb = ak.unzip(ak.cartesian([fat, higgs], axis=1, nested=True))
+    near = ((det.delta_r(jet.eta, jet.phi, hb.eta, hb.phi) < match_dr)
+            & (det.delta_r(jet.eta, jet.phi, hb.eta1, hb.phi1) < match_dr)
+            & (det.delta_r(jet.eta, jet.phi, hb.eta2, hb.phi2) < match_dr))
+    return ak.any(near, axis=2)
+
+
+# ---------------------------------------------------------------- one worker
+
+def run_worker(job: GenerateJob, worker: int, quota: int, part_path: Path,
+               report: Callable[[int, int], None]) -> dict:
+    """Generate until `quota` rows pass the selection; write them to `part_path`.
+
+    `report(generated, accepted)` is called after every batch with the increments.
+    `generated` counts the events up to the last one that gave a kept row (the rest of the
+    last batch is dropped unused), so accepted / generated is the acceptance.
+    Returns generated / accepted counts and Pythia's cross-section (pb) for this worker.
+    """
+    process = get_process(job.process)
+    pythia_seed, rng = worker_seeds(job.seed, worker)
+    pythia = make_worker_pythia(process, job.ecm_gev, pythia_seed)
+    charge_of = _charge_lookup(pythia)
+    generated = accepted = 0
+    with ParquetSink(part_path, process.kind, [process.name], {}) as sink:
+        while accepted < quota:
+            size = _batch_size(quota - accepted, generated, accepted)
+            batch = pythia.nextBatch(size)
+            rows = _rows(batch, process, job, rng, charge_of, worker, generated, accepted)
+            used = len(batch)
+            if len(rows) > quota - accepted:  # events after the last row kept count for nothing
+                rows = rows[: quota - accepted]
+                used = int(rows.ibatch[-1]) + 1
+            sink.write(_table(rows, process))
+            generated += used
+            accepted += len(rows)
+            report(used, len(rows))
+    info = pythia.infoPython()
+    return {"generated": generated, "accepted": accepted, "pythia_tried": int(info.nTried()),
+            "sigma_pb": info.sigmaGen() * 1e9, "sigma_err_pb": info.sigmaErr() * 1e9}
+
+
+def _rows(batch, process: Process, job: GenerateJob, rng, charge_of, worker: int,
+          generated: int, accepted: int) -> ak.Array:
+    """Selected rows of one batch with weight, run (1), lumi (worker + 1) and event.
+
+    `event` numbers the worker's generated events from 1 (for fat jets, which can be several per
+    event, it numbers the worker's jets instead), so (run, lumi, event) is unique in the file.
+    """
+    particles, flat, counts = batch_particles(batch, charge_of)
+    if process.kind == "fatjets":
+        rows = reconstruct_fatjets(particles, flat, counts, job.detector, job.selection,
+                                   require_higgs=process.name == "hbb")
+        number = accepted + 1 + np.arange(len(rows))
+    else:
+        events = reconstruct_events(particles, flat, counts, job.detector, rng)
+        events = ak.with_field(events, np.arange(len(events)), "ibatch")
+        rows = apply_selection(events, job.selection)
+        number = generated + 1 + rows.ibatch
+    n = len(rows)
+    header = {"weight": np.ones(n, np.float32), "run": np.ones(n, np.int64),
+              "lumi": np.full(n, worker + 1, np.int64), "event": ak.to_numpy(number).astype(np.int64)}
+    for name, values in header.items():
+        rows = ak.with_field(rows, values, name)
+    return rows
+
+
+def _table(rows: ak.Array, process: Process):
+    build = fatjets_table if process.kind == "fatjets" else events_table
+    return build(rows, process.name, [process.name])
+
+
+def _batch_size(remaining: int, generated: int, accepted: int) -> int:
+    """Events to ask for: enough for the remaining rows at the acceptance seen so far."""
+    acceptance = (accepted + 1) / (generated + 2)
+    return int(min(MAX_BATCH_EVENTS, max(8, math.ceil(1.2 * remaining / acceptance))))
+
+
+def _charge_lookup(pythia) -> Callable[[np.ndarray], np.ndarray]:
+    """Vectorised PDG id -> electric charge (int8), asking Pythia once per new id."""
+    cache: dict[int, int] = {}
+
+    def charge_of(pid: np.ndarray) -> np.ndarray:
+        unique, inverse = np.unique(pid, return_inverse=True)
+        for value in unique.tolist():
+            if value not in cache:
+                cache[value] = int(round(pythia.particleData.charge(value)))
+        return np.array([cache[v] for v in unique.tolist()], dtype=np.int8)[inverse]
+
+    return charge_of
+
+
+# ---------------------------------------------------------------- the whole job
+
+def generate(job: GenerateJob, out_dir: str | Path, progress: bool | None = None) -> dict:
+    """Run `job` on job.workers processes and write out_dir/<process>.parquet atomically.
+
+    Returns the summary: path, generated, accepted, acceptance, seconds, rate_per_s,
+    cross_section_pb, cross_section_err_pb. `progress=None` shows a bar only on a terminal.
+    """
+    from tqdm import tqdm
+
+    process = get_process(job.process)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    quotas = split_counts(job.events, job.workers)
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(dir=out_dir, prefix=f".{process.name}-parts-") as tmp:
+        parts = [Path(tmp) / f"part-{w}.parquet" for w in range(len(quotas))]
+        with tqdm(total=job.events, unit="ev", desc=process.name, file=sys.stderr,
+                  disable=None if progress is None else not progress) as bar:
+            results = _run_workers(job, quotas, parts, lambda gen, acc: bar.update(acc))
+        seconds = time.perf_counter() - start
+        summary = _summary(results, seconds, out_dir / f"{process.name}.parquet")
+        provenance = _provenance(job, process, summary, len(quotas))
+        with ParquetSink(summary["path"], process.kind, [process.name], provenance) as sink:
+            for part, quota in zip(parts, quotas):
+                if quota:
+                    sink.write(pq.read_table(part))
+    return summary
+
+
+def _run_workers(job: GenerateJob, quotas: list[int], parts: list[Path], report) -> list[dict]:
+    """One worker in this process, or one process per worker fed back through a queue."""
+    if len(quotas) == 1:
+        return [run_worker(job, 0, quotas[0], parts[0], report)]
+    ctx = mp.get_context("spawn")
+    messages = ctx.Queue()
+    procs = [ctx.Process(target=_worker_main, args=(job, w, q, parts[w], messages), daemon=True)
+             for w, q in enumerate(quotas) if q]
+    for proc in procs:
+        proc.start()
+    results: dict[int, dict] = {}
+    try:
+        while len(results) < len(procs):
+            try:
+                kind, worker, payload = messages.get(timeout=1.0)
+            except queue_mod.Empty:
+                if any(p.exitcode not in (None, 0) for p in procs):
+                    raise RuntimeError("a generator worker died without reporting") from None
+                continue
+            if kind == "progress":
+                report(*payload)
+            elif kind == "done":
+                results[worker] = payload
+            else:
+                raise RuntimeError(f"generator worker {worker} failed:\n{payload}")
+    finally:
+        for proc in procs:
+            if proc.is_alive():
+                proc.terminate()
+            proc.join()
+    return [results[w] for w in sorted(results)]
+
+
+def _worker_main(job: GenerateJob, worker: int, quota: int, part: Path, messages) -> None:
+    try:
+        result = run_worker(job, worker, quota, part,
+                            lambda gen, acc: messages.put(("progress", worker, (gen, acc))))
+        messages.put(("done", worker, result))
+    except BaseException:
+        messages.put(("error", worker, traceback.format_exc()))
+
+
+def _summary(results: list[dict], seconds: float, path: Path) -> dict:
+    generated = sum(r["generated"] for r in results)
+    accepted = sum(r["accepted"] for r in results)
+    weights = np.array([r["pythia_tried"] for r in results], dtype=np.float64)
+    sigma = np.array([r["sigma_pb"] for r in results])
+    error = np.array([r["sigma_err_pb"] for r in results])
+    total = weights.sum() or 1.0
+    return {"path": str(path), "generated": generated, "accepted": accepted,
+            "acceptance": accepted / max(generated, 1), "seconds": seconds,
+            "rate_per_s": accepted / seconds if seconds > 0 else 0.0,
+            "generated_per_s": generated / seconds if seconds > 0 else 0.0,
+            "cross_section_pb": float((weights * sigma).sum() / total),
+            "cross_section_err_pb": float(np.sqrt(((weights * error) ** 2).sum()) / total)}
+
+
+def _provenance(job: GenerateJob, process: Process, summary: dict, workers: int) -> dict:
+    return {
+        "generator": "pythia8", "generator_version": version("pythia8mc"),
+        "fastjet_version": version("fastjet"),
+        "process": process.name, "process_settings": list(process.settings),
+        "ecm_gev": job.ecm_gev, "seed": job.seed, "workers": workers,
+        "selection": to_dict(job.selection), "detector": to_dict(job.detector),
+        "cross_section_pb": summary["cross_section_pb"],
+        "cross_section_err_pb": summary["cross_section_err_pb"],
+        "generated": summary["generated"], "accepted": summary["accepted"],
+    }
+
+
+def format_summary(summary: dict, process: str) -> list[str]:
+    """The closing lines printed by the CLI."""
+    return [
+        f"{process}: generated {summary['generated']} events, accepted {summary['accepted']} "
+        f"(acceptance {summary['acceptance']:.3f}) in {summary['seconds']:.1f} s "
+        f"= {summary['rate_per_s']:.1f} accepted/s",
+        f"{process}: Pythia cross-section {summary['cross_section_pb']:.4g} "
+        f"+- {summary['cross_section_err_pb']:.2g} pb; wrote {summary['path']}",
+    ]

@@ -1,0 +1,125 @@
+"""Pythia 8 + FastJet generation -> canonical Parquet -> read back (tens of events, seconds)."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import awkward as ak
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from engine.__main__ import main
+from engine.data.detector import DetectorConfig
+from engine.data.generate import GenerateJob, generate, split_counts, worker_seeds
+from engine.data.parquet_io import open_parquet
+from engine.data.schema import EVENT_SCHEMA, FATJET_SCHEMA
+from engine.data.selection import load_selection
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _job(process: str, events: int, seed: int = 1, workers: int = 1, selection: str = "madrazo2017",
+         ecm: float = 7000.0) -> GenerateJob:
+    return GenerateJob(process, events, ecm, seed, workers, load_selection(selection), DetectorConfig())
+
+
+def _read(path) -> ak.Array:
+    return ak.from_arrow(pq.read_table(path))
+
+
+@pytest.fixture(scope="module")
+def ttbar(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ttbar")
+    summary = generate(_job("ttbar", 25), out, progress=False)
+    return Path(summary["path"]), summary
+
+
+def test_seeds_and_shares():
+    seeds = {worker_seeds(s, w)[0] for s in range(20) for w in range(8)}
+    assert len(seeds) == 160 and all(1 <= s <= 900_000_000 for s in seeds)
+    assert split_counts(10, 3) == [4, 3, 3] and sum(split_counts(7, 7)) == 7
+
+
+def test_ttbar_file_schema_selection_and_metadata(ttbar):
+    path, summary = ttbar
+    pf, meta = open_parquet(path)
+    assert pf.schema_arrow.remove_metadata() == EVENT_SCHEMA
+    assert meta["kind"] == "events" and meta["class_names"] == ["ttbar"]
+    prov = meta["provenance"]
+    assert prov["generator"] == "pythia8" and prov["seed"] == 1 and prov["ecm_gev"] == 7000.0
+    assert prov["accepted"] == 25 and prov["generated"] >= 25 and prov["cross_section_pb"] > 10
+    assert prov["selection"]["name"] == "madrazo2017" and prov["detector"]["btag"]["working_point"] == 0.679
+    ev = _read(path)
+    assert len(ev) == 25 and summary["accepted"] == 25
+    n_lep = ak.num(ev.electrons) + ak.num(ev.muons)
+    assert ak.all(n_lep == 1)
+    leptons = ak.concatenate([ev.electrons, ev.muons], axis=1)
+    assert ak.all(leptons.pt > 20) and ak.all(abs(leptons.charge) == 1)
+    assert ak.all(ev.jets.pt > 30) and ak.all(abs(ev.jets.eta) < 2.4)
+    assert ak.all(ev.jets.btagged == (ev.jets.btag > 0.679))
+    assert ak.sum(ak.num(ev.jets)) > 25  # ttbar: several jets per event
+    assert ak.all(ev.met_phi >= -np.pi) and ak.all(ev.met_phi < np.pi)
+    keys = set(zip(ev.run.tolist(), ev.lumi.tolist(), ev.event.tolist()))
+    assert len(keys) == 25
+
+
+def test_same_seed_same_table_different_seed_differs(tmp_path):
+    """Two workers via the CLI in a subprocess, then the same job in-process: identical tables."""
+    out_cli = tmp_path / "cli"
+    proc = subprocess.run([sys.executable, "-m", "engine", "generate", "--process", "dy", "--events", "12",
+                           "--out", str(out_cli), "--seed", "7", "--workers", "2", "--no-progress"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "generated" in proc.stdout and "cross-section" in proc.stdout
+    assert "PYTHIA" not in proc.stdout and "FastJet release" not in proc.stdout
+    again = generate(_job("dy", 12, seed=7, workers=2), tmp_path / "api", progress=False)
+    first, second = pq.read_table(out_cli / "dy.parquet"), pq.read_table(again["path"])
+    assert first.equals(second)
+    assert sorted(set(first.column("lumi").to_pylist())) == [1, 2]
+    other = generate(_job("dy", 12, seed=8, workers=2), tmp_path / "other", progress=False)
+    assert not pq.read_table(other["path"]).equals(first)
+
+
+def test_selection_none_keeps_every_event(tmp_path):
+    summary = generate(_job("wjets", 10, selection="none"), tmp_path, progress=False)
+    assert summary["generated"] == summary["accepted"] == 10
+    assert len(_read(summary["path"])) == 10
+
+
+@pytest.mark.parametrize("process", ["hbb", "qcd"])
+def test_fatjets_have_constituents_summing_to_the_jet(tmp_path, process):
+    summary = generate(_job(process, 6, ecm=13000.0), tmp_path, progress=False)
+    pf, meta = open_parquet(summary["path"])
+    assert pf.schema_arrow.remove_metadata() == FATJET_SCHEMA and meta["kind"] == "fatjets"
+    jets = _read(summary["path"])
+    assert len(jets) == 6
+    assert ak.all(jets.fatjet.pt > 300) and ak.all(abs(jets.fatjet.eta) < 2.4)
+    assert ak.all(ak.num(jets.constituents) >= 2)
+    c = jets.constituents
+    vector_pt = np.hypot(ak.sum(c.pt * np.cos(c.phi), axis=1), ak.sum(c.pt * np.sin(c.phi), axis=1))
+    np.testing.assert_allclose(ak.to_numpy(vector_pt), ak.to_numpy(jets.fatjet.pt), rtol=1e-3)
+    keys = set(zip(jets.lumi.tolist(), jets.event.tolist()))
+    assert len(keys) == 6
+    if process == "hbb":  # matched to H -> bb: the jet mass sits well above a light-quark jet's
+        assert np.median(ak.to_numpy(jets.fatjet.mass)) > 60
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--process", "zprime", "--events", "5"], "unknown process"),
+    (["--process", "ttbar", "--events", "0"], "--events"),
+    (["--process", "ttbar", "--events", "5", "--workers", "0"], "--workers"),
+])
+def test_bad_input_exits_2_with_one_line_and_no_file(tmp_path, capsys, argv, needle):
+    code = main(["generate", *argv, "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and needle in err and len(err.splitlines()) == 1 and err.startswith("error:")
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_bad_input_via_subprocess(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "engine", "generate", "--process", "nope", "--events", "3",
+                           "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "ttbar" in proc.stderr and not list(tmp_path.iterdir())
