@@ -14,6 +14,7 @@ INSTALL_REQUIRES = [
     # 8.318.0 ships no binary wheel (it compiles for 15+ minutes): stay on 8.317.x.
     "pythia8mc>=8.317,<8.318",
     "fastjet>=3.4.3",
+    "isal>=1.6",
     "pyyaml>=6.0",
     "tqdm>=4.66",
     "matplotlib>=3.8",

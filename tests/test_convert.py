@@ -1,0 +1,345 @@
+"""`python -m engine convert`: NanoAOD / Delphes / JSON inputs written here -> canonical Parquet."""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import awkward as ak
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from tests import rootfiles as rf
+from engine.commands import convert as cli
+from engine.data import convert as cv
+from engine.data import readers_root as rr
+from engine.data.parquet_io import open_parquet
+from engine.data.selection import PRESETS, apply_selection
+from engine.errors import InputError
+
+REPO = Path(__file__).resolve().parents[1]
+MADRAZO = PRESETS["madrazo2017"]
+NONE = PRESETS["none"]
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> dict:
+    """Small inputs of every format, with the arrays they were written from."""
+    d = tmp_path_factory.mktemp("inputs")
+    nano = rf.nanoaod_branches(400, seed=1)
+    delphes = rf.delphes_branches(300, seed=2)
+    events = rf.json_events(200, seed=3)
+    return {
+        "nano": (rf.write_root(d / "nano.root", "Events", [nano]), nano),
+        "delphes": (rf.write_root(d / "delphes.root", "Delphes", [delphes], naming="dotted"), delphes),
+        "delphes_underscore": (rf.write_root(d / "delphes_u.root", "Delphes", [delphes]), delphes),
+        "json": (rf.write_json(d / "study.json", events), events),
+        "dir": d,
+    }
+
+
+def convert(source: Path, out_dir: Path, selection=MADRAZO, fmt="auto", step_size=100_000,
+            label="ttbar") -> tuple[ak.Array, dict]:
+    job = cv.ConvertJob(Path(source), out_dir / f"{Path(source).stem}.parquet", label, fmt, selection, step_size)
+    cv.convert_file(job)
+    _, meta = open_parquet(job.out)
+    return ak.from_arrow(pq.read_table(job.out)), meta
+
+
+def sorted_desc(values) -> list[float]:
+    return sorted((float(np.float32(v)) for v in values), reverse=True)
+
+
+def check_sorted(out: ak.Array) -> None:
+    for name in ("electrons", "muons", "jets"):
+        pt = out[name].pt
+        assert ak.all(pt[:, 1:] <= pt[:, :-1]), name
+
+
+# --- NanoAOD -------------------------------------------------------------------------------
+
+def test_nanoaod_none_keeps_every_event_and_value(files, tmp_path):
+    path, b = files["nano"]
+    out, meta = convert(path, tmp_path, NONE)
+    assert len(out) == 400
+    np.testing.assert_array_equal(out.event, b["event"].astype(np.int64))
+    np.testing.assert_array_equal(out.lumi, b["luminosityBlock"])
+    np.testing.assert_array_equal(out.weight, b["genWeight"])
+    np.testing.assert_array_equal(out.met_pt, b["MET_pt"])
+    check_sorted(out)
+    for i in (0, 7, 123, 399):
+        assert out.muons.pt[i].tolist() == sorted_desc(b["Muon"].pt[i])
+        assert out.jets.pt[i].tolist() == sorted_desc(b["Jet"].pt[i])
+        assert sorted(out.electrons.charge[i].tolist()) == sorted(b["Electron"].charge[i].tolist())
+        order = np.argsort(-b["Jet"].pt[i].to_numpy(), kind="stable")
+        raw = b["Jet"].btagDeepFlavB[i].to_numpy()[order]
+        np.testing.assert_array_equal(out.jets.btag[i].to_numpy(), raw)
+        np.testing.assert_array_equal(out.jets.btagged[i].to_numpy(), raw > rr.BTAG_MEDIUM_WP["Jet_btagDeepFlavB"])
+        np.testing.assert_allclose(out.jets.mass[i].to_numpy(), b["Jet"].mass[i].to_numpy()[order])
+    assert meta["class_names"] == ["ttbar"] and set(out.label.tolist()) == {0}
+    assert set(out.process.tolist()) == {"ttbar"}
+    prov = meta["provenance"]
+    assert prov["format"] == "nanoaod" and prov["input"] == "nano.root" and prov["tree"] == "Events"
+    assert prov["input_bytes"] == path.stat().st_size and prov["events_read"] == 400
+    assert prov["btag_branch"] == "Jet_btagDeepFlavB" and prov["btag_medium_wp"] == 0.2783
+    assert prov["selection"]["name"] == "none"
+
+
+def nanoaod_reference(b: dict, i: int) -> dict | None:
+    """The 2017 selection on event i, one object at a time (slow, obviously correct)."""
+    mu = [m for m in b["Muon"][i].tolist()
+          if m["tightId"] and m["pfRelIso04_all"] < 0.10 and m["pt"] > 20 and abs(m["eta"]) < 2.4]
+    el = [e for e in b["Electron"][i].tolist()
+          if e["cutBased"] >= 4 and e["pfRelIso03_all"] < 0.10 and e["pt"] > 20 and abs(e["eta"]) < 2.4]
+    jets = [j for j in b["Jet"][i].tolist() if j["jetId"] & 2 and j["pt"] > 30 and abs(j["eta"]) < 2.4]
+    if len(mu) + len(el) != 1:
+        return None
+    return {"muons": sorted_desc(m["pt"] for m in mu), "electrons": sorted_desc(e["pt"] for e in el),
+            "jets": sorted_desc(j["pt"] for j in jets)}
+
+
+def test_nanoaod_default_selection_matches_reference(files, tmp_path):
+    path, b = files["nano"]
+    out, meta = convert(path, tmp_path, MADRAZO)
+    expected = {int(b["event"][i]): ref for i in range(400) if (ref := nanoaod_reference(b, i))}
+    assert 20 < len(expected) < 400
+    assert out.event.tolist() == sorted(expected)
+    for row in ak.to_list(out[["event", "muons", "electrons", "jets"]]):
+        ref = expected[row["event"]]
+        for name in ("muons", "electrons", "jets"):
+            assert [o["pt"] for o in row[name]] == ref[name]
+    assert meta["provenance"]["selection"]["name"] == "madrazo2017"
+    assert meta["provenance"]["events_read"] == 400
+
+
+def test_fast_selection_equals_selection_module(files):
+    path, _ = files["nano"]
+    reader = cv.open_reader(path, "nanoaod")
+    events = next(reader.chunks())
+    reader.close()
+    for cfg in (MADRAZO, PRESETS["ochoa2023"]):
+        slow = events
+        for name in ("electrons", "muons", "jets"):
+            slow = ak.with_field(slow, slow[name][slow[name].good], name)
+        slow = apply_selection(slow, cfg)
+        fast = cv.select(events, cfg)
+        assert fast.event.tolist() == slow.event.tolist()
+        for name in ("electrons", "muons", "jets"):
+            assert fast[name].pt.tolist() == slow[name].pt.tolist()
+
+
+@pytest.mark.parametrize("branches, chosen", [
+    (("Jet_btagDeepB", "Jet_btagCSVV2"), "Jet_btagDeepB"),
+    (("Jet_btagCSVV2",), "Jet_btagCSVV2"),
+])
+def test_btag_branch_priority(tmp_path, branches, chosen):
+    b = rf.nanoaod_branches(50, seed=5, btag_branch=branches[0])
+    jets = {f: b["Jet"][f] for f in b["Jet"].fields}
+    for extra in branches[1:]:
+        jets[extra[len("Jet_"):]] = b["Jet"].pt * 0 + 0.5
+    b["Jet"] = ak.zip(jets)
+    path = rf.write_root(tmp_path / "btag.root", "Events", [b])
+    out, meta = convert(path, tmp_path, NONE)
+    assert meta["provenance"]["btag_branch"] == chosen
+    wp = rr.BTAG_MEDIUM_WP[chosen]
+    assert meta["provenance"]["btag_medium_wp"] == wp
+    assert ak.all((out.jets.btag > wp) == out.jets.btagged)
+
+
+def test_negative_btag_means_no_information(tmp_path):
+    b = rf.nanoaod_branches(30, seed=6)
+    b["Jet"] = ak.with_field(b["Jet"], b["Jet"].pt * 0 - 2.0, "btagDeepFlavB")
+    out, _ = convert(rf.write_root(tmp_path / "neg.root", "Events", [b]), tmp_path, NONE)
+    assert ak.all(out.jets.btag == 0) and not ak.any(out.jets.btagged)
+
+
+def test_chunking_and_determinism(files, tmp_path):
+    path, _ = files["nano"]
+    one, _ = convert(path, tmp_path / "a", MADRAZO, step_size=100_000)
+    many, _ = convert(path, tmp_path / "b", MADRAZO, step_size=37)
+    assert ak.to_list(one) == ak.to_list(many)
+    convert(path, tmp_path / "c", MADRAZO, step_size=100_000)
+    assert (tmp_path / "a" / "nano.parquet").read_bytes() == (tmp_path / "c" / "nano.parquet").read_bytes()
+
+
+def test_workers_give_the_same_outputs(tmp_path):
+    inputs = [rf.write_root(tmp_path / f"in{i}.root", "Events", [rf.nanoaod_branches(150, seed=10 + i)])
+              for i in range(3)]
+    results = {}
+    for workers in (1, 2):
+        jobs = cv.plan_jobs(inputs, tmp_path / f"w{workers}", "wjets", selection=MADRAZO)
+        outcomes = list(cv.iter_convert(jobs, workers=workers))
+        assert all(isinstance(o, cv.ConvertResult) for o in outcomes)
+        results[workers] = [o.out.read_bytes() for o in outcomes]
+    assert results[1] == results[2]
+
+
+# --- Delphes -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("key", ["delphes", "delphes_underscore"])
+def test_delphes_round_trip(files, tmp_path, key):
+    path, b = files[key]
+    out, meta = convert(path, tmp_path, NONE, label="dy")
+    assert len(out) == 300 and meta["provenance"]["format"] == "delphes"
+    np.testing.assert_array_equal(out.event, ak.flatten(b["Event"].Number))
+    np.testing.assert_array_equal(out.weight, ak.flatten(b["Event"].Weight))
+    np.testing.assert_array_equal(out.met_pt, ak.flatten(b["MissingET"].MET))
+    np.testing.assert_array_equal(out.met_phi, ak.flatten(b["MissingET"].Phi))
+    assert ak.all(out.run == 0)
+    check_sorted(out)
+    for i in (0, 150, 299):
+        assert out.jets.pt[i].tolist() == sorted_desc(b["Jet"].PT[i])
+        assert out.electrons.pt[i].tolist() == sorted_desc(b["Electron"].PT[i])
+    assert ak.all(out.muons.mass == np.float32(rr.MUON_MASS_GEV))
+    assert ak.all(out.jets.btagged == (out.jets.btag == 1.0))
+    assert ak.sum(out.jets.btagged) == ak.sum(b["Jet"].BTag & 1)
+    assert ak.sum(out.jets.mass) == pytest.approx(float(ak.sum(b["Jet"].Mass)), rel=1e-5)
+
+
+def test_delphes_selection(files, tmp_path):
+    path, b = files["delphes"]
+    out, _ = convert(path, tmp_path, MADRAZO)
+    n_lep = (ak.sum((b["Electron"].PT > 20) & (abs(b["Electron"].Eta) < 2.4), axis=1)
+             + ak.sum((b["Muon"].PT > 20) & (abs(b["Muon"].Eta) < 2.4), axis=1))
+    assert out.event.tolist() == ak.flatten(b["Event"].Number[n_lep == 1]).tolist()
+    assert ak.all(out.jets.pt > 30) and ak.all(abs(out.jets.eta) < 2.4)
+
+
+# --- JSON ----------------------------------------------------------------------------------
+
+def test_json_round_trip(files, tmp_path):
+    path, events = files["json"]
+    out, meta = convert(path, tmp_path, NONE, label="wjets")
+    assert len(out) == 200 and meta["provenance"]["format"] == "json"
+    assert meta["provenance"]["btag_medium_wp"] == 0.679
+    assert out.event.tolist() == [int(k) for k in events]
+    assert out.lumi.tolist() == [ev["lumi"] for ev in events.values()]
+    check_sorted(out)
+    for i, ev in enumerate(events.values()):
+        assert out.jets.pt[i].tolist() == sorted_desc(j["pt"] for j in ev["jet"])
+        csv = sorted(((j["pt"], j["CSV"]) for j in ev["jet"]), reverse=True)
+        assert out.jets.btag[i].tolist() == [float(np.float32(max(c, 0.0))) for _, c in csv]
+        assert out.jets.btagged[i].tolist() == [c > 0.679 for _, c in csv]
+        assert out.met_pt[i] == pytest.approx(ev["met"], rel=1e-6)
+    assert ak.all(out.jets.mass == 0) and ak.all(out.electrons.mass == np.float32(rr.ELECTRON_MASS_GEV))
+    assert ak.all(out.muons.charge == 0)
+
+
+def test_json_default_selection(files, tmp_path):
+    path, events = files["json"]
+    out, _ = convert(path, tmp_path, MADRAZO)
+    expected = []
+    for key, ev in events.items():
+        leptons = [lep for lep in ev["electron"] + ev["muon"] if lep["tightID"] and lep["tightIso"]
+                   and lep["pt"] > 20 and abs(lep["eta"]) < 2.4]
+        if len(leptons) == 1:
+            expected.append(int(key))
+    assert out.event.tolist() == expected and 0 < len(expected) < 200
+    assert ak.all(out.jets.pt > 30)
+
+
+# --- bad input -----------------------------------------------------------------------------
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "engine", "convert", *map(str, args)],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+
+
+def bad_inputs(d: Path, nano: Path) -> dict[str, tuple[Path, list[str], str]]:
+    """name -> (input, extra CLI options, words the error must contain)."""
+    data = nano.read_bytes()
+    (d / "truncated.root").write_bytes(data[:len(data) // 2])
+    (d / "text.root").write_text("not a ROOT file at all\n")
+    b = rf.nanoaod_branches(40, seed=7)
+    del b["MET_phi"]
+    rf.write_root(d / "no_met_phi.root", "Events", [b])
+    b = rf.nanoaod_branches(40, seed=8)
+    b["MET_pt"][5] = np.nan
+    rf.write_root(d / "nan.root", "Events", [b])
+    rf.write_root(d / "other_tree.root", "Tree", [rf.nanoaod_branches(10, seed=9)])
+    return {
+        "missing": (d / "missing.root", [], "no such file"),
+        "truncated": (d / "truncated.root", [], "truncated"),
+        "not_root": (d / "text.root", [], "neither a ROOT file nor JSON"),
+        "not_root_forced": (d / "text.root", ["--format", "nanoaod"], "not a ROOT file"),
+        "missing_branch": (d / "no_met_phi.root", [], "'MET_phi'"),
+        "nan": (d / "nan.root", ["--selection", "none"], "NaN or infinite value(s) in branch 'MET_pt'"),
+        "unknown_format": (nano, ["--format", "lhe"], "unknown format"),
+        "wrong_tree": (d / "other_tree.root", [], "no 'Events' (NanoAOD) or 'Delphes' tree"),
+    }
+
+
+@pytest.fixture(scope="module")
+def bad(files) -> dict:
+    d = files["dir"] / "bad"
+    d.mkdir()
+    return bad_inputs(d, files["nano"][0])
+
+
+@pytest.mark.parametrize("case", ["missing", "truncated", "not_root", "not_root_forced", "missing_branch",
+                                  "nan", "unknown_format", "wrong_tree"])
+def test_bad_input_one_line_exit_2_nothing_written(bad, tmp_path, case):
+    source, options, words = bad[case]
+    proc = run_cli(source, "--out", tmp_path / "out", "--label", "ttbar", *options)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in proc.stderr
+    assert words in lines[0]
+    if case != "unknown_format":
+        assert str(source) in lines[0]
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_nan_in_json_names_the_field(tmp_path):
+    events = rf.json_events(5, seed=4)
+    events["3"]["met_phi"] = math.nan
+    path = tmp_path / "nan.json"
+    path.write_text(json.dumps(events))
+    with pytest.raises(InputError, match="event field 'met_phi'"):
+        convert(path, tmp_path, NONE)
+    assert not list(tmp_path.glob("*.parquet")) and not list(tmp_path.glob(".*"))
+
+
+def test_bad_json_and_missing_btag(tmp_path):
+    (tmp_path / "broken.json").write_text('{"1": {"met": 1.0,')
+    with pytest.raises(InputError, match="not valid JSON"):
+        convert(tmp_path / "broken.json", tmp_path)
+    b = rf.nanoaod_branches(10, seed=1)
+    b["Jet"] = b["Jet"][["pt", "eta", "phi", "mass"]]
+    with pytest.raises(InputError, match="no b-tag branch"):
+        convert(rf.write_root(tmp_path / "nobtag.root", "Events", [b]), tmp_path)
+
+
+def test_skip_bad_converts_the_good_and_reports_the_bad(files, bad, tmp_path):
+    good = files["nano"][0]
+    proc = run_cli(bad["truncated"][0], good, bad["missing"][0], "--out", tmp_path / "out",
+                   "--label", "ttbar", "--skip-bad", "--workers", "2")
+    assert proc.returncode == 0, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 2 and "Traceback" not in proc.stderr
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["nano.parquet"]
+    proc = run_cli(bad["truncated"][0], bad["missing"][0], "--out", tmp_path / "out2",
+                   "--label", "ttbar", "--skip-bad")
+    assert proc.returncode == 2 and proc.stderr.count("error: ") == 2
+
+
+def test_without_skip_bad_nothing_is_converted(files, bad, tmp_path):
+    args = cli_args([files["nano"][0], bad["missing_branch"][0]], tmp_path / "out")
+    with pytest.raises(InputError, match="MET_phi"):
+        cli.run(args)
+    assert not (tmp_path / "out").exists()
+
+
+def test_same_stem_twice_is_refused(files, tmp_path):
+    with pytest.raises(InputError, match="same output"):
+        cv.plan_jobs([files["nano"][0], files["dir"] / "nano.json"], tmp_path, "ttbar")
+
+
+def cli_args(inputs, out: Path, **overrides) -> argparse.Namespace:
+    values = dict(inputs=[str(p) for p in inputs], out=str(out), label="ttbar", format="auto",
+                  selection="madrazo2017", workers=1, skip_bad=False, step_size=100_000)
+    return argparse.Namespace(**{**values, **overrides})
