@@ -366,7 +366,8 @@ def test_render_command(tmp_path):
                  "--out", str(tmp_path / "png")]) == 0
     assert len(list((tmp_path / "png").glob("0*.png"))) == 5       # only 5 events exist
     from PIL import Image
-    assert Image.open(tmp_path / "png" / "contact_sheet.png").size[0] == 3 * 224
+    from engine.commands.render import GAP_PX
+    assert Image.open(tmp_path / "png" / "contact_sheet.png").size[0] == 3 * (224 + GAP_PX) + GAP_PX
 
 
 def test_render_command_bad_input(tmp_path, capsys):
