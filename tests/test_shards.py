@@ -1,0 +1,209 @@
+"""Parquet -> shards: codec precision, manifest, index files, determinism, bad input."""
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+import tarfile
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from engine.data import encoding, objects, parquet_io, schema, shards, synthetic
+from engine.errors import InputError
+
+N_PER_CLASS = 500
+OPTS = dict(events_per_member=128, shard_size_mb=0.03)
+
+
+@pytest.fixture(scope="module")
+def event_inputs(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("events")
+    synthetic.write_synthetic(folder, "events", N_PER_CLASS, seed=3)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def event_shards(event_inputs, tmp_path_factory):
+    out = tmp_path_factory.mktemp("shards") / "out"
+    shards.write_shards([event_inputs], out, shards.ShardOptions(seed=5, **OPTS))
+    return out
+
+
+def _read_members(tar_path):
+    with tarfile.open(tar_path) as tar:
+        return [tar.extractfile(m).read() for m in tar.getmembers()]
+
+
+def _split_blocks(root, split):
+    manifest = json.loads((root / "manifest.json").read_text())
+    return [data for s in manifest["splits"][split]["shards"]
+            for data in _read_members(root / split / s["name"])]
+
+
+def _expected_rows(inputs_folder, split, seed, **kw):
+    inputs = shards.read_inputs([inputs_folder])
+    opts = shards.ShardOptions(seed=seed, **kw)
+    plan = shards.plan_splits(inputs.table.column("label").to_numpy(), len(inputs.class_names), opts)
+    return inputs.table.take(pa.array(plan[split]))
+
+
+def _assert_close(ref, got, kind):
+    feats = ref["features" if kind == "events" else "constituents"]
+    mine = got["features" if kind == "events" else "constituents"]
+    pt = feats[..., 0]
+    assert np.all(np.abs(mine[..., 0] - pt) <= 2 ** -11 * np.abs(pt) + 1e-6)
+    assert np.all(np.abs(mine[..., 1] - feats[..., 1]) <= encoding.ETA_STEP / 2 + 1e-6)
+    dphi = np.abs(mine[..., 2] - feats[..., 2])
+    assert np.all(np.minimum(dphi, 2 * np.pi - dphi) <= encoding.PHI_STEP / 2 + 1e-6)
+    if kind == "events":
+        assert np.all(np.abs(mine[..., 3] - feats[..., 3]) <= 2 ** -11 * np.abs(feats[..., 3]) + 1e-6)
+        assert np.all(np.abs(mine[..., 4] - feats[..., 4]) <= 2 ** -12)
+        np.testing.assert_array_equal(mine[..., 5], feats[..., 5])
+        np.testing.assert_array_equal(got["types"], ref["types"])
+    else:
+        np.testing.assert_array_equal(mine[..., 3:], feats[..., 3:])
+        np.testing.assert_array_equal(got["fatjet"], ref["fatjet"])
+    np.testing.assert_array_equal(got["counts"], ref["counts"])
+    np.testing.assert_array_equal(got["labels"], ref["labels"])
+
+
+@pytest.mark.parametrize("cap", [16, 4])
+def test_event_round_trip_matches_reference_padding(event_inputs, event_shards, cap):
+    table = _expected_rows(event_inputs, "train", 5, **OPTS)
+    decoded = [encoding.decode_padded(b, cap) for b in _split_blocks(event_shards, "train")]
+    got = {k: np.concatenate([d[k] for d in decoded]) for k in ("types", "features", "counts", "labels")}
+    ref = objects.pad_events(table, cap)
+    _assert_close(ref, got, "events")
+    assert sum(d["truncated"] for d in decoded) == ref["truncated"]
+    assert (ref["truncated"] > 0) == (cap == 4)
+    np.testing.assert_array_equal(np.concatenate([d["index"] for d in decoded]), np.arange(len(table)))
+
+
+def test_fatjet_round_trip_with_truncation(tmp_path):
+    synthetic.write_synthetic(tmp_path / "in", "fatjets", 120, seed=1)
+    shards.write_shards([tmp_path / "in"], tmp_path / "out", shards.ShardOptions(events_per_member=50))
+    table = _expected_rows(tmp_path / "in", "train", 0, events_per_member=50)
+    decoded = [encoding.decode_padded(b, 32) for b in _split_blocks(tmp_path / "out", "train")]
+    got = {k: np.concatenate([d[k] for d in decoded]) for k in ("constituents", "counts", "fatjet", "labels")}
+    ref = objects.pad_fatjets(table, 32)
+    _assert_close(ref, got, "fatjets")
+    assert sum(d["truncated"] for d in decoded) == ref["truncated"] > 0
+
+
+def test_bytes_per_event_within_target(event_shards):
+    manifest = json.loads((event_shards / "manifest.json").read_text())
+    raw = sum(len(b) for b in _split_blocks(event_shards, "train"))
+    assert raw / manifest["splits"]["train"]["events"] < 100    # target on disk: <= 160
+
+
+def test_manifest_classes_mixing_and_split(event_shards):
+    manifest = json.loads((event_shards / "manifest.json").read_text())
+    assert manifest["class_names"] == ["dy", "ttbar", "wjets"]
+    assert manifest["events"] == 3 * N_PER_CLASS
+    train = manifest["splits"]["train"]
+    assert train["events_per_class"] == [350, 350, 350]
+    assert len(train["shards"]) > 2
+    for entry in train["shards"]:
+        assert sum(entry["events_per_class"]) == entry["events"] == sum(entry["members"])
+        assert np.count_nonzero(entry["events_per_class"]) >= 2          # every shard mixes classes
+        assert (event_shards / "train" / entry["name"]).stat().st_size == entry["bytes"]
+    assert {i["file"] for i in manifest["inputs"]} == {"dy.parquet", "ttbar.parquet", "wjets.parquet"}
+    assert all(i["engine"]["kind"] == "events" for i in manifest["inputs"])
+
+
+def test_index_matches_dali_wds2idx_and_webdataset_reads_shards(event_shards, tmp_path):
+    wds2idx = pytest.importorskip("wds2idx")
+    wds = pytest.importorskip("webdataset")
+    tar = sorted((event_shards / "train").glob("*.tar"))[0]
+    with wds2idx.IndexCreator(str(tar), str(tmp_path / "x.idx"), verbose=False) as creator:
+        creator.create_index()
+    assert (tmp_path / "x.idx").read_text() == tar.with_suffix(".idx").read_text()
+    samples = list(wds.WebDataset(str(tar), shardshuffle=False))
+    assert [s[shards.MEMBER_EXT] for s in samples] == _read_members(tar)
+
+
+def test_same_seed_same_bytes_other_seed_differs(event_inputs, event_shards, tmp_path):
+    def digest(root):
+        return hashlib.sha256(b"".join(p.read_bytes() for p in sorted(root.rglob("*.tar")))).hexdigest()
+    shards.write_shards([event_inputs], tmp_path / "a", shards.ShardOptions(seed=5, **OPTS))
+    shards.write_shards([event_inputs], tmp_path / "b", shards.ShardOptions(seed=6, **OPTS))
+    assert digest(tmp_path / "a") == digest(event_shards)
+    assert digest(tmp_path / "b") != digest(event_shards)
+
+
+def test_balance_and_label_union_from_process(tmp_path):
+    for process, n, names in (("ttbar", 300, ["ttbar"]), ("dy", 120, ["wjets", "dy"])):
+        table = schema.events_table(synthetic.synthetic_events(process, n, 1), process, names)
+        parquet_io.write_table(tmp_path / "in" / f"{process}.parquet", table, "events", names, {})
+    manifest = shards.write_shards([tmp_path / "in"], tmp_path / "out",
+                                   shards.ShardOptions(balance=True, split=(0.5, 0.25, 0.25)))
+    assert manifest["class_names"] == ["dy", "ttbar", "wjets"]
+    assert manifest["splits"]["train"]["events_per_class"] == [60, 60, 0]
+    labels = np.concatenate([encoding.decode(b).columns["labels"]
+                             for b in _split_blocks(tmp_path / "out", "train")])
+    assert sorted(np.unique(labels)) == [0, 1]
+
+
+def test_codec_unit_cases():
+    types = np.array([[1, 4, 3, 5], [2, 5, 0, 0]], np.int8)
+    feats = np.zeros((2, 4, 6), np.float32)
+    feats[0, :, 0], feats[0, :, 2] = [30, 80, 40, 20], [np.pi, -np.pi, 0.5, 3.14159]
+    feats[1, :2, 0], feats[0, 1, 4], feats[0, 0, 5] = [25, 10], 0.9, -1
+    data = encoding.encode(encoding.block_from_padded(types, feats, np.array([0, 2])), first_index=7)
+    out = encoding.decode_padded(data, 4)
+    np.testing.assert_array_equal(out["types"], types)
+    np.testing.assert_array_equal(out["index"], [7, 8])
+    assert abs(out["features"][0, 0, 2] + np.pi) < 1e-4            # phi = +pi wraps to -pi
+    corrupt = bytearray(data)
+    corrupt[-3] ^= 0xFF
+    with pytest.raises(encoding.BlockError, match="CRC"):
+        encoding.decode(bytes(corrupt))
+    newer = bytearray(data)
+    newer[4] = encoding.FORMAT_VERSION + 1
+    with pytest.raises(encoding.BlockError, match="version"):
+        encoding.decode(bytes(newer))
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "engine", "shard", *map(str, args)],
+                          capture_output=True, text=True)
+
+
+def test_cli_writes_shards(event_inputs, tmp_path):
+    result = _cli("--input", event_inputs, "--out", tmp_path / "s", "--split", "0.8,0.1,0.1",
+                  "--events-per-member", 200)
+    assert result.returncode == 0, result.stderr
+    manifest = json.loads((tmp_path / "s" / "manifest.json").read_text())
+    assert manifest["splits"]["val"]["events"] == 150
+    assert len(list((tmp_path / "s" / "test").glob("*.idx"))) == 1
+
+
+def test_cli_bad_inputs_exit_2_and_write_nothing(event_inputs, tmp_path):
+    pq.write_table(pa.table({"x": [1, 2]}), tmp_path / "foreign.parquet")
+    synthetic.write_synthetic(tmp_path / "fat", "fatjets", 10)
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "keep.txt").write_text("x")
+    cases = [(["--input", tmp_path / "missing"], "no such file"),
+             (["--input", tmp_path / "foreign.parquet"], "not written by this engine"),
+             (["--input", event_inputs, tmp_path / "fat"], "mix kinds"),
+             (["--input", event_inputs, "--split", "0.5,0.5"], "three fractions")]
+    for args, message in cases:
+        result = _cli(*args, "--out", tmp_path / "out")
+        assert result.returncode == 2 and message in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    result = _cli("--input", event_inputs, "--out", tmp_path / "full")
+    assert result.returncode == 2 and "already exists" in result.stderr
+    assert not (tmp_path / "out").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_read_inputs_rejects_unknown_process(tmp_path):
+    table = schema.events_table(synthetic.synthetic_events("dy", 5, 1), "dy", ["dy"])
+    path = tmp_path / "dy.parquet"
+    parquet_io.write_table(path, table, "events", ["ttbar"], {})
+    with pytest.raises(InputError, match="process missing"):
+        shards.read_inputs([path])
