@@ -18,6 +18,9 @@ COMMANDS = {
     "inspect": "summarise Parquet files or shards",
     "shard": "Parquet -> WebDataset shards with a manifest",
     "render": "draw event or jet images from Parquet or shards",
+    "evaluate": "metrics and plots of a trained model on a shard split",
+    "predict": "per-event scores and mass plots of a trained model",
+    "sweep": "a grid of training runs from a sweep file",
     "demo": "the main job end to end on a built-in default",
 }
 

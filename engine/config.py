@@ -7,6 +7,7 @@ Validation of values lives in each dataclass's `__post_init__`.
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
 from pathlib import Path
 from typing import Any, TypeVar
@@ -16,6 +17,7 @@ import yaml
 from engine.errors import InputError
 
 T = TypeVar("T")
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
 def load_yaml(path: str | Path) -> dict:
@@ -115,6 +117,8 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
         return value
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if hint is float and isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
+        return float(value)   # YAML 1.1 reads `1e-3` (no dot) as a string
     if hint in (int, float, str, bool):
         if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
             raise InputError(key, f"expected {hint.__name__}, got {type(value).__name__} {value!r}")

@@ -40,6 +40,14 @@ def test_errors_name_the_key(data, message):
         from_dict(Outer, data)
 
 
+def test_yaml_exponent_without_dot_is_a_float():
+    import yaml
+    cfg = from_dict(Inner, yaml.safe_load("lr: 1e-3"))
+    assert cfg.lr == 0.001
+    with pytest.raises(InputError, match="inner.lr: expected float"):
+        from_dict(Outer, {"inner": {"lr": "fast"}})
+
+
 def test_overrides():
     data = apply_overrides({}, ["inner.lr=0.5", "epochs=2", "resume=null"])
     assert data == {"inner": {"lr": 0.5}, "epochs": 2, "resume": None}

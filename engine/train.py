@@ -1,0 +1,260 @@
+"""Train a classifier on shards, on one CPU or many GPUs with the same command.
+
+    accelerate launch -m engine.train --config configs/ci-tiny.yaml [section.key=value ...]
+    python -m engine.train --config configs/ci-tiny.yaml            # one process, CPU or GPU
+
+shards -> loader (split by rank here, never again by `prepare`) -> renderer (CUDA kernel on a GPU,
+CPU twin otherwise; image models only) -> model. Accelerate handles devices, DDP, mixed precision,
+gradient accumulation and checkpoints: a run stopped mid-epoch and started again with the same
+command resumes from its last checkpoint and ends where an uninterrupted run would.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from engine.errors import EXIT_BAD_INPUT, InputError
+from engine.training.checkpoint import (TrainerState, export_model, latest_checkpoint,
+                                        load_checkpoint, save_checkpoint)
+from engine.training.config import TrainConfig, check_paths, load_config, to_plain
+from engine.training.logs import RunLog
+
+
+def build_model(cfg: TrainConfig, num_classes: int):
+    """The configured model with its initial weights and frozen layers."""
+    from engine.models import create_model, optimise_for_speed
+    from engine.models.transfer import freeze, load_initial_weights
+    model = create_model(cfg.model.name, num_classes, **cfg.model.options)
+    if cfg.model.init_weights:
+        load_initial_weights(model, cfg.model.init_weights, new_head=cfg.model.new_head)
+    report = freeze(model, cfg.model.unfreeze_fraction)
+    return optimise_for_speed(model, cfg.model.channels_last, cfg.model.compile), report
+
+
+def lr_lambda(cfg: TrainConfig, total_steps: int):
+    """Linear warm-up, then constant or cosine decay to zero over `total_steps`."""
+    warm = cfg.train.warmup_steps
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        if cfg.train.schedule == "constant":
+            return 1.0
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total_steps - warm))))
+    return factor
+
+
+def make_loaders(cfg: TrainConfig, rank: int, world: int):
+    from engine.data.loader import make_loader
+    root = Path(cfg.data.shards)
+    train = make_loader(root, cfg.loader, rank, world, split="train")
+    evaluation = replace(cfg.loader, shuffle=False, drop_last=False)
+    return train, make_loader(root, evaluation, rank, world, split="val")
+
+
+def evaluate_split(accelerator, model, loader, inputs) -> tuple[np.ndarray, np.ndarray]:
+    """Softmax scores (E, K) and labels (E,) of a split, gathered over ranks (rank padding removed)."""
+    model.eval()
+    scores, labels = [], []
+    with torch.no_grad():
+        for batch in loader:
+            args, y = inputs(batch, epoch=0, step=0, train=False)
+            with accelerator.autocast():
+                logits = model(*args)
+            p, y = accelerator.gather_for_metrics((logits.float().softmax(-1), y))
+            scores.append(p.cpu().numpy())
+            labels.append(y.cpu().numpy())
+    model.train()
+    return np.concatenate(scores), np.concatenate(labels)
+
+
+def _record_events(cfg: TrainConfig, rank: int, epoch: int, seen: list[np.ndarray]) -> None:
+    folder = Path(cfg.output_dir) / "events_seen"
+    folder.mkdir(parents=True, exist_ok=True)
+    np.save(folder / f"epoch{epoch:03d}_rank{rank:03d}.npy", np.concatenate(seen) if seen else np.zeros(0))
+
+
+class NonFiniteLoss(InputError):
+    pass
+
+
+def train(cfg: TrainConfig) -> dict:
+    """Run (or resume) training as configured; returns the final validation metrics."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from engine.data.shards import load_manifest
+    from engine.models import model_input
+    from engine.models.transfer import make_optimizer
+    from engine.training.inputs import ModelInputs
+    from engine.training.metrics import classification_metrics
+
+    # cpu=True without CUDA: `accelerate launch --multi_gpu` then runs its processes over gloo
+    # (one DDP group on the CPU) instead of as independent copies of the same job.
+    accelerator = Accelerator(mixed_precision=cfg.train.mixed_precision, cpu=not torch.cuda.is_available(),
+                              gradient_accumulation_steps=cfg.train.grad_accum_steps)
+    set_seed(cfg.train.seed)
+    manifest = load_manifest(Path(cfg.data.shards))
+    class_names, kind = manifest["class_names"], manifest["kind"]
+    model, frozen = build_model(cfg, len(class_names))
+    input_kind = model_input(cfg.model.name, **cfg.model.options)
+    inputs = ModelInputs(input_kind, kind, cfg.render, accelerator.device, cfg.train.seed,
+                         cfg.model.channels_last)
+    train_loader, val_loader = make_loaders(cfg, accelerator.process_index, accelerator.num_processes)
+    batches_per_epoch = max(1, int(len(train_loader) * cfg.data.train_fraction))
+    steps_per_epoch = math.ceil(batches_per_epoch / cfg.train.grad_accum_steps)
+    total_steps = cfg.train.epochs * steps_per_epoch
+    if cfg.train.max_steps > 0:
+        total_steps = min(total_steps, cfg.train.max_steps)
+
+    optimizer = make_optimizer(cfg.train.optimizer, model.parameters(), cfg.train.lr,
+                               cfg.train.weight_decay, cfg.train.momentum)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, total_steps))
+    # Only the model and optimizer are prepared: the loader already splits by rank, and the
+    # scheduler is stepped by hand once per optimizer step whatever the number of processes.
+    model, optimizer = accelerator.prepare(model, optimizer)
+    accelerator.register_for_checkpointing(scheduler)
+
+    state = TrainerState()
+    resume_from = latest_checkpoint(cfg.output_dir)
+    if resume_from is not None:
+        state = load_checkpoint(accelerator, resume_from)
+        accelerator.print(f"resuming from {resume_from} (epoch {state.epoch}, step {state.step})")
+    log = RunLog(cfg.output_dir, accelerator.is_main_process)
+    accelerator.print(f"{cfg.model.name}: {sum(p.numel() for p in model.parameters()):,} parameters "
+                      f"({frozen.trainable_params:,} trainable); {len(class_names)} classes {class_names}; "
+                      f"{batches_per_epoch} batches x {accelerator.num_processes} process(es) per epoch; "
+                      f"device {accelerator.device}")
+    metrics = {}
+    done = state.step >= total_steps
+    while not done and state.epoch < cfg.train.epochs:
+        done = _train_epoch(cfg, accelerator, model, optimizer, scheduler, train_loader, inputs,
+                            state, batches_per_epoch, total_steps, log)
+        if done or (state.epoch + 1) % cfg.train.eval_every_epochs == 0:
+            scores, labels = evaluate_split(accelerator, model, val_loader, inputs)
+            metrics = classification_metrics(scores, labels, class_names, cfg.data.signal or class_names[0])
+            loss = float(F.nll_loss(torch.log(torch.from_numpy(scores).clamp_min(1e-12)),
+                                    torch.from_numpy(labels)))
+            log.write(step=state.step, epoch=state.epoch, split="val", loss=loss,
+                      accuracy=metrics["accuracy"], seconds=state.seconds)
+            accelerator.print(f"epoch {state.epoch}: val loss {loss:.4f}, accuracy {metrics['accuracy']:.4f}, "
+                              f"{metrics['signal']} vs rest {metrics['signal_vs_background_efficiency']:.4f}")
+        state.epoch, state.batch, state.loader = state.epoch + 1, 0, None
+        save_checkpoint(accelerator, cfg.output_dir, state)
+    log.close()
+    if accelerator.is_main_process:
+        run = {"class_names": class_names, "dataset_kind": kind, "input_kind": input_kind,
+               "steps": state.step, "epochs": state.epoch, "images_seen": state.images_seen,
+               "train_seconds": state.seconds, "world_size": accelerator.num_processes,
+               "events_per_s": state.images_seen / max(state.seconds, 1e-9), "val": metrics}
+        export_model(accelerator.unwrap_model(model), cfg.output_dir, to_plain(cfg), run)
+        accelerator.print(f"wrote {cfg.output_dir}/model.safetensors, config.yaml, run.json, log.csv")
+    accelerator.wait_for_everyone()
+    return metrics
+
+
+def _train_epoch(cfg, accelerator, model, optimizer, scheduler, loader, inputs, state: TrainerState,
+                 batches_per_epoch: int, total_steps: int, log: RunLog) -> bool:
+    """One epoch from `state.batch` on; returns True when max_steps is reached."""
+    from tqdm import tqdm
+    loader.set_epoch(state.epoch)
+    if state.loader is not None:
+        loader.load_state_dict(state.loader)
+    seen, window_loss, window_n, tic = [], torch.zeros((), device=accelerator.device), 0, time.perf_counter()
+    bar = tqdm(total=batches_per_epoch, initial=state.batch, desc=f"epoch {state.epoch}", unit="batch",
+               disable=not accelerator.is_local_main_process, dynamic_ncols=True, leave=False)
+    for batch in loader:
+        if state.batch >= batches_per_epoch:
+            break
+        if cfg.train.record_events:
+            seen.append(batch["index"].numpy().copy())
+        args, labels = inputs(batch, state.epoch, state.batch, train=True)
+        with accelerator.accumulate(model):
+            with accelerator.autocast():
+                loss = F.cross_entropy(model(*args).float(), labels)
+            accelerator.backward(loss)
+            if accelerator.sync_gradients and cfg.train.max_grad_norm > 0:
+                accelerator.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        window_loss += loss.detach()
+        window_n += 1
+        state.batch += 1
+        bar.update(1)
+        if not accelerator.sync_gradients:
+            continue
+        scheduler.step()
+        state.step += 1
+        state.images_seen += len(labels) * accelerator.num_processes
+        if state.step % cfg.train.log_every_steps == 0 or state.step == total_steps:
+            rate = _log_window(cfg, accelerator, state, window_loss / window_n, window_n, tic, scheduler, log)
+            bar.set_postfix(loss=f"{float(window_loss) / window_n:.4f}", img_s=f"{rate:,.0f}")
+            window_loss.zero_()
+            window_n, tic = 0, time.perf_counter()
+        if state.step % cfg.train.checkpoint_every_steps == 0:
+            _check_finite_weights(accelerator, model, state)
+            state.loader = loader.state_dict()
+            save_checkpoint(accelerator, cfg.output_dir, state)
+        if state.step >= total_steps:
+            break
+    bar.close()
+    if cfg.train.record_events:
+        _record_events(cfg, accelerator.process_index, state.epoch, seen)
+    return state.step >= total_steps
+
+
+def _log_window(cfg, accelerator, state, mean_loss, n_batches, tic, scheduler, log) -> float:
+    """Log the mean loss of the last window (one host sync); stop on a non-finite loss."""
+    seconds = time.perf_counter() - tic
+    state.seconds += seconds
+    loss = float(accelerator.reduce(mean_loss, reduction="mean"))
+    if not math.isfinite(loss):
+        last = latest_checkpoint(cfg.output_dir)
+        raise NonFiniteLoss("train", f"loss is {loss} at step {state.step}; stopped. Last good checkpoint: "
+                                     f"{last or 'none'} (lower train.lr, or check the inputs)")
+    rate = n_batches * cfg.train.batch_size * accelerator.num_processes / max(seconds, 1e-9)
+    log.write(step=state.step, epoch=state.epoch, split="train", loss=loss,
+              lr=scheduler.get_last_lr()[0], images_per_s=rate, seconds=state.seconds)
+    return rate
+
+
+def _check_finite_weights(accelerator, model, state) -> None:
+    """Never save a checkpoint of non-finite weights."""
+    bad = any(not torch.isfinite(p).all() for p in model.parameters())
+    if bad:
+        raise NonFiniteLoss("train", f"weights became non-finite before step {state.step}; stopped "
+                                     "without saving them")
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m engine.train", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", help="YAML config (configs/NAME.yaml); defaults are used without one")
+    parser.add_argument("overrides", nargs="*", help="section.key=value (value parsed as YAML)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        cfg = load_config(args.config, args.overrides)
+        check_paths(cfg)
+        if cfg.model.name == "gbt":
+            from engine.training.gbt import train_gbt
+            train_gbt(cfg)
+        else:
+            train(cfg)
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Training support: configuration, inputs (loader + renderer), checkpoints, metrics, logs."""

@@ -1,0 +1,155 @@
+"""Real (small) training runs on CPU: learning, resume, 2-process launch, freezing, config errors."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from engine.data.shards import ShardOptions, write_shards
+from engine.data.synthetic import write_synthetic
+from engine.errors import InputError
+from engine.training.config import load_config
+from engine.training.logs import read_log
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("train_data")
+    write_synthetic(folder / "parquet", "events", n_per_class=300, seed=0)
+    write_shards([folder / "parquet"], folder / "shards", ShardOptions(seed=0, events_per_member=128))
+    return folder / "shards"
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    yield
+    from accelerate.state import AcceleratorState, GradientState, PartialState
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    PartialState._reset_state()
+
+
+def config(shards, out, *overrides):
+    return load_config(None, [f"data.shards={shards}", f"output_dir={out}", "data.signal=ttbar",
+                              "train.batch_size=64", "train.log_every_steps=3", *overrides])
+
+
+def run_train(cfg):
+    from engine.train import train
+    return train(cfg)
+
+
+def test_set_model_learns(shards, tmp_path):
+    metrics = run_train(config(shards, tmp_path, "model.name=set_transformer", "train.epochs=4",
+                               "train.lr=0.003"))
+    rows = read_log(tmp_path / "log.csv")
+    losses = [r["loss"] for r in rows if r["split"] == "train"]
+    assert np.mean(losses[-3:]) < 0.8 * np.mean(losses[:3])
+    assert metrics["accuracy"] > 0.6          # chance is 1/3
+    run = json.loads((tmp_path / "run.json").read_text())
+    assert run["class_names"] == ["dy", "ttbar", "wjets"] and run["input_kind"] == "objects"
+    assert (tmp_path / "model.safetensors").is_file() and (tmp_path / "config.yaml").is_file()
+
+
+def test_image_model_trains_on_rendered_events(shards, tmp_path):
+    run_train(config(shards, tmp_path, "model.name=small_cnn", "render.size_px=32", "train.epochs=2"))
+    rows = read_log(tmp_path / "log.csv")
+    assert [r for r in rows if r["split"] == "val"] and np.isfinite([r["loss"] for r in rows]).all()
+    assert json.loads((tmp_path / "run.json").read_text())["input_kind"] == "image"
+
+
+def test_resume_after_interruption_matches_uninterrupted(shards, tmp_path, monkeypatch):
+    args = ("model.name=deepsets", "train.epochs=2", "train.checkpoint_every_steps=4", "train.seed=3")
+    run_train(config(shards, tmp_path / "straight", *args))
+
+    import engine.train as trainer
+    real_save, calls = trainer.save_checkpoint, []
+
+    def save_then_die(accelerator, output_dir, state):
+        folder = real_save(accelerator, output_dir, state)
+        calls.append(state.step)
+        if state.step == 8:                    # mid-epoch: 7 batches per epoch
+            raise KeyboardInterrupt
+        return folder
+    monkeypatch.setattr(trainer, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        run_train(config(shards, tmp_path / "killed", *args))
+    monkeypatch.setattr(trainer, "save_checkpoint", real_save)
+    fresh_state()
+    run_train(config(shards, tmp_path / "killed", *args))
+    a = load_file(tmp_path / "straight" / "model.safetensors")
+    b = load_file(tmp_path / "killed" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def fresh_state():
+    from accelerate.state import AcceleratorState, GradientState, PartialState
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    PartialState._reset_state()
+
+
+def test_frozen_layers_stay_unchanged(shards, tmp_path):
+    run_train(config(shards, tmp_path / "base", "model.name=deepsets", "train.epochs=1"))
+    fresh_state()
+    run_train(config(shards, tmp_path / "tuned", "model.name=deepsets", "train.epochs=1",
+                     f"model.init_weights={tmp_path / 'base' / 'model.safetensors'}",
+                     "model.unfreeze_fraction=0", "data.train_fraction=0.5"))
+    base = load_file(tmp_path / "base" / "model.safetensors")
+    tuned = load_file(tmp_path / "tuned" / "model.safetensors")
+    changed = {k for k in base if not torch.equal(base[k], tuned[k])}
+    assert changed and all(k.startswith("head.") for k in changed)
+
+
+def test_two_processes_see_every_training_event_once(shards, tmp_path):
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "-m", "engine.train", f"data.shards={shards}", f"output_dir={out}", "model.name=deepsets",
+           "train.epochs=1", "train.batch_size=32", "train.record_events=true"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run(cmd, check=True, cwd=ROOT, env=env, capture_output=True, timeout=300)
+    seen = [np.load(p) for p in sorted((out / "events_seen").glob("epoch000_rank*.npy"))]
+    assert len(seen) == 2 and len(seen[0]) == len(seen[1])      # equal batch counts per rank
+    manifest = json.loads((shards / "manifest.json").read_text())
+    n_train = manifest["splits"]["train"]["events"]
+    everything = np.concatenate(seen)
+    unique = np.unique(everything)
+    assert len(unique) == n_train and unique.min() == 0 and unique.max() == n_train - 1
+    assert len(everything) - n_train <= 1    # at most the documented one-event padding
+
+
+def test_nan_loss_stops_with_a_clear_message(shards, tmp_path):
+    with pytest.raises(InputError, match="loss is (nan|inf)"):
+        run_train(config(shards, tmp_path, "model.name=ffn", "train.optimizer=sgd", "train.lr=1e30",
+                         "train.log_every_steps=1", "train.epochs=1"))
+
+
+@pytest.mark.parametrize("text, message", [
+    ("train:\n  epoch: 3\n", "train.epoch: unknown key"),
+    ("train:\n  epochs: three\n", "train.epochs: expected int"),
+    ("model:\n  name: resnet51\n", "model.name"),
+])
+def test_config_errors_fail_before_work(shards, tmp_path, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(f"output_dir: {tmp_path / 'out'}\ndata:\n  shards: {shards}\n" + text)
+    res = subprocess.run([sys.executable, "-m", "engine.train", "--config", str(path)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2, res.stderr
+    assert message in res.stderr and "Traceback" not in res.stderr
+    assert not (tmp_path / "out" / "model.safetensors").exists()
+
+
+def test_missing_shards_is_a_clear_error(tmp_path):
+    res = subprocess.run([sys.executable, "-m", "engine.train", f"data.shards={tmp_path / 'nope'}"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and "not a shard folder" in res.stderr
