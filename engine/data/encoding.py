@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from engine.data import objects as obj
 
@@ -81,21 +80,6 @@ class Block:
         return len(self.weights)
 
 
-def _ranks(counts: np.ndarray) -> np.ndarray:
-    """Index of each flat object within its event, for jagged `counts`."""
-    starts = np.cumsum(counts) - counts
-    return np.arange(int(counts.sum())) - np.repeat(starts, counts)
-
-
-def _list_fields(table: pa.Table, name: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    column = table.column(name).combine_chunks()
-    offsets = column.offsets.to_numpy()
-    flat = pc.list_flatten(column)
-    fields = {flat.type.field(i).name: flat.field(i).to_numpy(zero_copy_only=False)
-              for i in range(flat.type.num_fields)}
-    return np.diff(offsets).astype(np.int64), fields
-
-
 def quantise_eta(eta: np.ndarray) -> tuple[np.ndarray, int]:
     clipped = int((np.abs(eta) > ETA_LIMIT).sum())
     q = np.rint(np.clip(eta, -ETA_LIMIT, ETA_LIMIT) / ETA_STEP)
@@ -117,7 +101,7 @@ def _half(values: np.ndarray, name: str) -> np.ndarray:
 def block_from_events_table(table: pa.Table) -> Block:
     """Block of a canonical event table (labels as stored in the table's `label` column)."""
     n = table.num_rows
-    parts = [_list_fields(table, name) for name in ("electrons", "muons", "jets")]
+    parts = [obj.list_fields(table, name) for name in ("electrons", "muons", "jets")]
     per_event = np.stack([c for c, _ in parts] + [np.ones(n, np.int64)])    # (4, n)
     counts = per_event.sum(axis=0)
     starts = np.cumsum(counts) - counts
@@ -126,7 +110,7 @@ def block_from_events_table(table: pa.Table) -> Block:
     raw = {k: np.zeros(m, np.float32) for k in ("pt", "eta", "phi", "mass", "btag")}
     before = np.zeros(n, np.int64)
     for (c, fields), code in zip(parts, (obj.ELECTRON, obj.MUON, obj.JET)):
-        at = np.repeat(starts + before, c) + _ranks(c)
+        at = np.repeat(starts + before, c) + obj.ranks_within(c)
         for key in ("pt", "eta", "phi", "mass", "btag"):
             if key in fields:
                 raw[key][at] = fields[key]
@@ -171,7 +155,7 @@ def block_from_padded(types: np.ndarray, features: np.ndarray, labels: np.ndarra
 
 def block_from_fatjets_table(table: pa.Table) -> Block:
     """Block of a canonical large-radius-jet table."""
-    counts, fields = _list_fields(table, "constituents")
+    counts, fields = obj.list_fields(table, "constituents")
     pids, index = np.unique(fields["pid"], return_inverse=True)
     if len(pids) > 256:
         raise BlockError(f"{len(pids)} distinct pid values in one block (at most 256)")
@@ -188,7 +172,7 @@ def block_from_fatjets_table(table: pa.Table) -> Block:
 def take(block: Block, rows: np.ndarray) -> Block:
     """A new block of the events `rows` (int array) of `block`."""
     counts = block.columns["counts"].astype(np.int64)[rows]
-    flat = np.repeat(block.offsets[rows], counts) + _ranks(counts)
+    flat = np.repeat(block.offsets[rows], counts) + obj.ranks_within(counts)
     cols = {k: (v[rows] if k in ("counts", "labels") else v[flat]) for k, v in block.columns.items()}
     fatjet = None if block.fatjet is None else block.fatjet[rows]
     return Block(block.kind, cols, block.weights[rows], fatjet=fatjet, pids=block.pids)

@@ -25,7 +25,14 @@ DEFAULT_CAP = 16
 EVENT_COLUMNS = ["label", "met_pt", "met_phi", "electrons", "muons", "jets"]
 
 
-def _collection(table: pa.Table, name: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+def ranks_within(counts: np.ndarray) -> np.ndarray:
+    """Index of each flat object within its event, for jagged `counts` (E,) -> (sum(counts),)."""
+    starts = np.cumsum(counts) - counts
+    return np.arange(int(counts.sum())) - np.repeat(starts, counts)
+
+
+def list_fields(table: pa.Table, name: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Per-event counts (E,) int64 and flat numpy arrays of each field of list<struct> column `name`."""
     column = table.column(name).combine_chunks()
     offsets = column.offsets.to_numpy()
     flat = pc.list_flatten(column)
@@ -46,12 +53,12 @@ def pad_events(table: pa.Table, cap: int = DEFAULT_CAP) -> dict[str, np.ndarray]
     filled = np.zeros(n, np.int64)
     truncated = 0
     for name, code in (("electrons", ELECTRON), ("muons", MUON), ("jets", JET)):
-        counts, fields = _collection(table, name)
+        counts, fields = list_fields(table, name)
         room = np.maximum(cap - 1 - filled, 0)          # keep one slot for MET
         take = np.minimum(counts, room)
         truncated += int((counts - take).sum())
         event = np.repeat(np.arange(n), counts)
-        rank = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+        rank = ranks_within(counts)
         keep = rank < take[event]
         ev, slot = event[keep], (filled[event] + rank)[keep]
         types[ev, slot] = code
@@ -83,10 +90,10 @@ def pad_fatjets(table: pa.Table, cap: int = DEFAULT_CONSTITUENT_CAP) -> dict[str
     and `truncated`, the number of constituents beyond the cap.
     """
     n = table.num_rows
-    counts, fields = _collection(table, "constituents")
+    counts, fields = list_fields(table, "constituents")
     take = np.minimum(counts, cap)
     event = np.repeat(np.arange(n), counts)
-    rank = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+    rank = ranks_within(counts)
     keep = rank < cap
     out = np.zeros((n, cap, len(CONSTITUENT_FEATURES)), np.float32)
     for f, key in enumerate(CONSTITUENT_FEATURES):
