@@ -379,3 +379,19 @@ def test_render_command_bad_input(tmp_path, capsys):
     assert main(["render", "--input", str(tmp_path / "none"), "--out", str(tmp_path / "o")]) == 2
     assert main(["render", "--input", str(tmp_path), "--size", "4", "--out", str(tmp_path / "o")]) == 2
     assert not (tmp_path / "o").exists()
+
+
+def test_render_command_reads_shards_in_stored_order(tmp_path):
+    from engine.__main__ import main
+    from engine.data import shards, synthetic
+    from engine.data.loader import LoaderConfig, make_loader
+    synthetic.write_synthetic(tmp_path / "pq", "events", 20, seed=5)
+    shards.write_shards([tmp_path / "pq"], tmp_path / "shards", shards.ShardOptions(seed=5))
+    out = tmp_path / "img"
+    assert main(["render", "--input", str(tmp_path / "shards"), "--split", "test", "--n", "4",
+                 "--format", "npy", "--size", "32", "--out", str(out)]) == 0
+    first = next(iter(make_loader(tmp_path / "shards", LoaderConfig(batch_size=4, shuffle=False), split="test")))
+    want = render_events({k: first[k] for k in ("types", "features", "counts")}, preset("madrazo2017", 32)).images
+    for k in range(4):
+        assert np.array_equal(np.load(out / f"{k:06d}.npy"), want[k].numpy())
+    assert main(["render", "--input", str(tmp_path / "shards"), "--preset", "jet", "--out", str(tmp_path / "j")]) == 2

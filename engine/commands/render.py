@@ -1,4 +1,6 @@
-"""`python -m engine render`: draw the first N events (or jets) of Parquet files as images.
+"""`python -m engine render`: draw the first N events (or jets) of Parquet files or shards as images.
+
+Shards are read through the loader in their stored order (no shuffle), from `--split` (train).
 
 Writes one file per event, in order (000000.png or 000000.npy), and contact_sheet.png: a grid of
 the first images with each event's class under it. PNG is for looking: RGB presets as drawn,
@@ -29,7 +31,10 @@ FALSE_COLOURS = np.array([(0, 0, 255), (0, 160, 0), (255, 125, 125), (255, 0, 0)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--input", required=True, help="Parquet file or folder of Parquet files")
+    parser.add_argument("--input", required=True,
+                        help="Parquet file, folder of Parquet files, or a shard folder (made by `shard`)")
+    parser.add_argument("--split", default="train", choices=("train", "val", "test"),
+                        help="the split to draw from when --input is a shard folder")
     parser.add_argument("--n", type=int, default=16, help="number of events to draw (default 16)")
     parser.add_argument("--preset", default="madrazo2017", choices=sorted(PRESETS))
     parser.add_argument("--format", default="png", choices=("png", "npy"))
@@ -59,20 +64,37 @@ def read_first(path: str, n: int, kind: str) -> tuple[pa.Table, list[str]]:
     return pa.concat_tables(tables), class_names
 
 
-def draw(table: pa.Table, cfg: RenderConfig, args) -> tuple[torch.Tensor, np.ndarray, int]:
-    """(B, C, H, W) float32 images, labels and the number of skipped objects."""
+def first_padded(path: str, n: int, kind: str, split: str) -> tuple[dict[str, np.ndarray], list[str]]:
+    """The first `n` events of Parquet files or a shard folder as padded arrays (objects.py layout)."""
+    root = Path(path)
+    if (root / "manifest.json").is_file():
+        from engine.data.loader import LoaderConfig, make_loader
+        from engine.data.shards import load_manifest
+        manifest = load_manifest(root)
+        if manifest["kind"] != kind:
+            raise InputError(path, f"holds {manifest['kind']}, this preset draws {kind}")
+        loader = make_loader(root, LoaderConfig(batch_size=n, shuffle=False), split=split)
+        batch = next(iter(loader), None)
+        if batch is None:
+            raise InputError(path, f"split {split} has no events to draw")
+        return {k: v.numpy() for k, v in batch.items()}, manifest["class_names"]
+    table, class_names = read_first(path, n, kind)
+    padded = objects.pad_events(table) if kind == "events" else objects.pad_fatjets(table)
+    return padded, class_names
+
+
+def draw(padded: dict[str, np.ndarray], cfg: RenderConfig, args) -> tuple[torch.Tensor, int]:
+    """(B, C, H, W) float32 images and the number of skipped objects."""
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise InputError("--device", "cuda requested but no CUDA device is available")
     if cfg.kind == "event":
-        padded = objects.pad_events(table)
         batch = {k: torch.from_numpy(padded[k]).to(device) for k in ("types", "features", "counts")}
         result = render_events(batch, cfg, seed=args.seed, augment=args.augment)
     else:
-        padded = objects.pad_fatjets(table)
         batch = {k: torch.from_numpy(padded[k]).to(device) for k in ("constituents", "counts", "fatjet")}
         result = render_jets(batch, cfg)
-    return result.images.cpu(), padded["labels"], int(result.skipped)
+    return result.images.cpu(), int(result.skipped)
 
 
 def to_rgb(image: np.ndarray) -> np.ndarray:
@@ -124,8 +146,10 @@ def run(args) -> int:
         cfg = preset(args.preset, args.size)
     except ValueError as exc:
         raise InputError("--size", str(exc)) from None
-    table, class_names = read_first(args.input, args.n, "fatjets" if cfg.kind == "jet" else "events")
-    images, labels, skipped = draw(table, cfg, args)
+    padded, class_names = first_padded(args.input, args.n, "fatjets" if cfg.kind == "jet" else "events",
+                                       args.split)
+    images, skipped = draw(padded, cfg, args)
+    labels = padded["labels"]
     images = images.numpy()
     out = Path(args.out)
     for k, image in enumerate(images):
