@@ -1,0 +1,172 @@
+"""The benchmark report: markdown tables (targets first) and plots, from the records of run_all.
+
+Records carry the benchmark they came from ({"benchmark", "name", "value", "unit", "params"});
+skips ({"benchmark", "name", "params", "reason"}) become rows saying why a value is missing.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from benchmarks.common import format_params, format_value
+
+PIPELINES = ("onthefly", "png", "dali", "bound")
+TARGETS = (
+    # (what, target text, test on the value, record filter, needs a GPU)
+    ("onthefly_over_bound, ResNet50 224 px bf16, one GPU, 1 loader worker", ">= 0.97", lambda v: v >= 0.97,
+     {"name": "onthefly_over_bound", "model": "resnet50", "workers": 1}, True),
+    ("onthefly_over_bound, small_cnn 64 px, one GPU, 1 loader worker", ">= 0.90", lambda v: v >= 0.90,
+     {"name": "onthefly_over_bound", "model": "small_cnn", "workers": 1}, True),
+    ("onthefly_over_png, small_cnn, CPU only (each pipeline at its best worker count)", "> 1", lambda v: v > 1.0,
+     {"name": "onthefly_over_png", "model": "small_cnn", "workers": "best", "device": "cpu"}, False),
+)
+
+
+def matches(item: dict, where: dict) -> bool:
+    for key, want in where.items():
+        got = item.get(key) if key in ("name", "benchmark") else item.get("params", {}).get(key)
+        if got != want:
+            return False
+    return True
+
+
+def target_rows(records: list[dict], skips: list[dict], machine: dict, mode: str, wall_s: float) -> list[str]:
+    gpus = machine.get("gpu", {}).get("count", 0)
+    rows = ["| target | required | measured | met |", "|---|---|---|---|"]
+    for what, required, test, where, needs_gpu in TARGETS:
+        found = [r for r in records if matches(r, where) and
+                 (r["params"].get("device") != "cpu" if needs_gpu else True)]
+        if found:
+            value = found[0]["value"]
+            rows.append(f"| {what} | {required} | {value:.3f} | {'yes' if test(value) else 'no'} |")
+            continue
+        if needs_gpu and not gpus:
+            reason = "not measured: no GPU on this machine"
+        elif not needs_gpu and gpus:
+            reason = "not measured: this machine has a GPU (the pipelines ran on it)"
+        else:
+            reasons = [s["reason"] for s in skips if s["name"] == "pipeline_images_per_s"
+                       and s["params"].get("model") == where.get("model")]
+            reason = f"not measured: {reasons[0]}" if reasons else "not measured (see the pipelines run)"
+        rows.append(f"| {what} | {required} | {reason} | — |")
+    quick_ok = "yes" if wall_s < 300 else "no"
+    measured = f"{wall_s:.0f} s on {machine.get('cores')} cores, {gpus} GPU(s)"
+    rows.append(f"| `run_all.py --quick` on 2 CPU cores without GPU | < 300 s | {measured} | "
+                f"{quick_ok if mode == 'quick' and not gpus and machine.get('cores') == 2 else '— (not that setup)'} |")
+    return rows
+
+
+def headline_rows(records: list[dict]) -> list[str]:
+    """Per model: each pipeline's images/s with 1 worker and at its best, and the ratios."""
+    rates = [r for r in records if r["name"] == "pipeline_images_per_s"]
+    models = sorted({r["params"]["model"] for r in rates})
+    rows = ["| model | device | batch | pipeline | images/s, 1 worker | best images/s (workers) | "
+            "workers for 95% of best |", "|---|---|---|---|---|---|---|"]
+    for model in models:
+        for pipeline in PIPELINES:
+            mine = [r for r in rates if r["params"]["model"] == model and r["params"]["pipeline"] == pipeline]
+            if not mine:
+                continue
+            p = mine[0]["params"]
+            one = [r["value"] for r in mine if r["params"]["workers"] in (1, None)]
+            best = max(mine, key=lambda r: r["value"])
+            need = [r["value"] for r in records if matches(r, {"name": "workers_to_95pct_best", "model": model,
+                                                               "pipeline": pipeline})]
+            rows.append(f"| {model} | {p['device']} | {p['batch']} | {pipeline} | "
+                        f"{format_value(one[0]) if one else '—'} | {format_value(best['value'])} "
+                        f"({best['params']['workers']}) | {int(need[0]) if need else '—'} |")
+    return rows
+
+
+def benchmark_rows(records: list[dict], skips: list[dict]) -> list[str]:
+    rows = ["| name | params | value | unit |", "|---|---|---|---|"]
+    rows += [f"| {r['name']} | {format_params(r['params'])} | {format_value(r['value'])} | {r['unit']} |"
+             for r in records]
+    rows += [f"| {s['name']} | {format_params(s['params'])} | missing: {s['reason']} | |" for s in skips]
+    return rows
+
+
+def machine_rows(machine: dict) -> list[str]:
+    gpu = machine.get("gpu", {})
+    gpu_text = (f"{gpu['count']} x {gpu['names'][0]}, driver {gpu.get('driver')}, CUDA {gpu.get('cuda_runtime')}"
+                if gpu.get("count") else "none")
+    libs = ", ".join(f"{k} {v}" for k, v in machine.get("libraries", {}).items() if v)
+    git = machine.get("git", {})
+    return ["| | |", "|---|---|", f"| CPU | {machine.get('cpu')} ({machine.get('cores')} cores, "
+            f"{machine.get('memory_gib')} GiB) |", f"| GPU | {gpu_text} |",
+            f"| Python | {machine.get('python')} on {machine.get('platform')} |", f"| libraries | {libs} |",
+            f"| commit | {git.get('commit')}{' (with local changes)' if git.get('dirty') else ''} |",
+            f"| load average (1 min, at the end) | {machine.get('load_avg_1min')} |"]
+
+
+def markdown(records: list[dict], skips: list[dict], statuses: list[dict], machine: dict, mode: str,
+             wall_s: float, plots: list[str]) -> str:
+    lines = [f"# Benchmarks: {machine.get('tag')}", "",
+             f"Mode `{mode}`, {wall_s:.0f} s in all. Timings on a machine shared with other work vary "
+             "from run to run; ratios measured in the same run are the figures to compare.", "",
+             "## Machine", "", *machine_rows(machine), "", "## Targets", "",
+             *target_rows(records, skips, machine, mode, wall_s), "", "## Pipelines (same events, same model)", "",
+             *headline_rows(records), ""]
+    lines += [f"![{Path(p).stem}]({p})" for p in plots] + ["", "## Runs", "",
+                                                             "| benchmark | exit code | seconds | records | note |",
+                                                             "|---|---|---|---|---|"]
+    lines += [f"| {s['benchmark']} | {s['rc'] if s['rc'] is not None else 'not run'} | {s['seconds']} | "
+              f"{s['records']} | {s['note']} |" for s in statuses]
+    for s in statuses:
+        mine = [r for r in records if r["benchmark"] == s["benchmark"]]
+        missing = [k for k in skips if k["benchmark"] == s["benchmark"]]
+        lines += ["", f"## {s['benchmark']}", ""]
+        if s["rc"] != 0:
+            lines.append(f"No records: {s['note'] or 'failed'}.")
+            continue
+        lines += benchmark_rows(mine, missing)
+    return "\n".join(lines) + "\n"
+
+
+def plots(records: list[dict], out_dir: Path) -> list[str]:
+    """PNG plots next to the report; returns their file names."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rates = [r for r in records if r["name"] == "pipeline_images_per_s"]
+    models = sorted({r["params"]["model"] for r in rates})
+    written = []
+    if models:
+        fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 3.6), squeeze=False)
+        for ax, model in zip(axes[0], models):
+            best = {p: max((r["value"] for r in rates if r["params"]["model"] == model
+                            and r["params"]["pipeline"] == p), default=0.0) for p in PIPELINES}
+            ax.bar(list(best), list(best.values()), color=["C0", "C1", "C2", "0.5"])
+            ax.set_title(f"{model}: best images/s per pipeline")
+            ax.set_ylabel("images/s")
+        fig.tight_layout()
+        fig.savefig(out_dir / "pipelines_throughput.png", dpi=100)
+        plt.close(fig)
+        written.append("pipelines_throughput.png")
+        fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 3.6), squeeze=False)
+        for ax, model in zip(axes[0], models):
+            for k, p in enumerate(PIPELINES):
+                pts = sorted((r["params"]["workers"], r["value"]) for r in rates if r["params"]["model"] == model
+                             and r["params"]["pipeline"] == p and isinstance(r["params"]["workers"], int))
+                if pts:
+                    ax.plot(*zip(*pts), marker="o", label=p, color=f"C{k}")
+            for r in rates:
+                if r["params"]["model"] == model and r["params"]["pipeline"] == "bound":
+                    ax.axhline(r["value"], color="0.5", ls="--", label="bound")
+            ax.set(title=f"{model}: images/s vs loader workers", xlabel="workers", ylabel="images/s")
+            ax.legend()
+        fig.tight_layout()
+        fig.savefig(out_dir / "pipelines_workers.png", dpi=100)
+        plt.close(fig)
+        written.append("pipelines_workers.png")
+    loader = sorted((r["params"]["workers"], r["value"]) for r in records
+                    if r["name"] == "loader_events_per_s" and r["params"].get("backend") == "torch")
+    if loader:
+        fig, ax = plt.subplots(figsize=(5, 3.6))
+        ax.plot(*zip(*loader), marker="o")
+        ax.set(title="loader alone: events/s vs workers", xlabel="workers", ylabel="events/s")
+        fig.tight_layout()
+        fig.savefig(out_dir / "loader_workers.png", dpi=100)
+        plt.close(fig)
+        written.append("loader_workers.png")
+    return written
