@@ -170,3 +170,51 @@ def plots(records: list[dict], out_dir: Path) -> list[str]:
         plt.close(fig)
         written.append("loader_workers.png")
     return written
+
+
+REPORT_HEADINGS = ("## Machine", "## Targets", "## Runs")
+MACHINE_KEYS = {"cpu", "cores", "gpu", "libraries", "git", "tag"}
+
+
+def check_report(out_dir: str | Path) -> int:
+    """Raise ValueError unless run_all's output in `out_dir` is well-formed; returns the record count.
+
+    Every record has name/value/unit/params with a finite value, report.md has its sections and
+    tables, machine.json its keys, and every skipped row a reason. Timings are not judged here.
+    """
+    import json
+    import math
+    out = Path(out_dir)
+    records = json.loads((out / "records.json").read_text())
+    if not records:
+        raise ValueError(f"{out}/records.json: no records")
+    for r in records:
+        ok = ({"name", "value", "unit", "params"} <= set(r) and isinstance(r["name"], str)
+              and isinstance(r["unit"], str) and isinstance(r["params"], dict)
+              and isinstance(r["value"], (int, float)) and math.isfinite(r["value"]))
+        if not ok:
+            raise ValueError(f"{out}/records.json: malformed record {r}")
+    text = (out / "report.md").read_text()
+    missing = [h for h in REPORT_HEADINGS if h not in text]
+    if missing or "| target | required | measured | met |" not in text:
+        raise ValueError(f"{out}/report.md: missing {missing or 'the targets table'}")
+    machine = json.loads((out / "machine.json").read_text())
+    if not MACHINE_KEYS <= set(machine):
+        raise ValueError(f"{out}/machine.json: missing {sorted(MACHINE_KEYS - set(machine))}")
+    if any(not s.get("reason") for s in json.loads((out / "skipped.json").read_text())):
+        raise ValueError(f"{out}/skipped.json: a skipped row without a reason")
+    return len(records)
+
+
+if __name__ == "__main__":
+    import argparse
+    import sys
+    parser = argparse.ArgumentParser(description="Check that a run_all output folder is well-formed.")
+    parser.add_argument("--check", required=True, metavar="DIR")
+    args = parser.parse_args()
+    try:
+        n = check_report(args.check)
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    print(f"{args.check}: report well-formed ({n} records)")

@@ -36,6 +36,7 @@ def tiny_run(tmp_path_factory):
 def test_records_are_well_formed(tiny_run):
     records = json.loads((tiny_run / "records.json").read_text())
     check_records(records)
+    assert report.check_report(tiny_run) == len(records)
     names = {r["name"] for r in records}
     assert {"pipeline_images_per_s", "onthefly_over_png", "onthefly_over_bound", "workers_to_95pct_best",
             "prepare_s", "disk_bytes_per_event"} <= names
@@ -92,6 +93,17 @@ def test_failing_benchmark_is_reported_and_others_run(tmp_path, monkeypatch):
     text = (out / "report.md").read_text()
     assert "broken on purpose" in text and "does not exist" in text
     assert "| x_per_s | k=1 | 2.5 | 1/s |" in text
+
+
+def test_check_report_rejects_a_bad_record(tiny_run, tmp_path):
+    import shutil
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_run, copy)
+    records = json.loads((copy / "records.json").read_text())
+    records[0]["value"] = "fast"
+    (copy / "records.json").write_text(json.dumps(records))
+    with pytest.raises(ValueError, match="malformed record"):
+        report.check_report(copy)
 
 
 def test_malformed_records_fail_the_benchmark(tmp_path):
