@@ -53,9 +53,16 @@ def lr_lambda(cfg: TrainConfig, total_steps: int):
 
 
 def make_loaders(cfg: TrainConfig, rank: int, world: int):
+    """Train and validation loaders. `data.train_fraction` keeps a fixed subset of the training
+    events (the first fraction of the globally shuffled split), the same in every epoch."""
     from engine.data.loader import make_loader
+    from engine.data.shards import load_manifest
     root = Path(cfg.data.shards)
-    train = make_loader(root, cfg.loader, rank, world, split="train")
+    loader_cfg = cfg.loader
+    if cfg.data.train_fraction < 1.0:
+        total = load_manifest(root)["splits"]["train"]["events"]
+        loader_cfg = replace(loader_cfg, max_events=max(1, round(total * cfg.data.train_fraction)))
+    train = make_loader(root, loader_cfg, rank, world, split="train")
     evaluation = replace(cfg.loader, shuffle=False, drop_last=False)
     return train, make_loader(root, evaluation, rank, world, split="val")
 
@@ -108,7 +115,7 @@ def train(cfg: TrainConfig) -> dict:
     inputs = ModelInputs(input_kind, kind, cfg.render, accelerator.device, cfg.train.seed,
                          cfg.model.channels_last)
     train_loader, val_loader = make_loaders(cfg, accelerator.process_index, accelerator.num_processes)
-    batches_per_epoch = max(1, int(len(train_loader) * cfg.data.train_fraction))
+    batches_per_epoch = len(train_loader)
     steps_per_epoch = math.ceil(batches_per_epoch / cfg.train.grad_accum_steps)
     total_steps = cfg.train.epochs * steps_per_epoch
     if cfg.train.max_steps > 0:

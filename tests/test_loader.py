@@ -76,6 +76,29 @@ def test_every_event_exactly_once_equal_batches(root, world, workers):
     assert len(everything) - total == repeats < world
 
 
+@pytest.mark.parametrize("world", [1, 2])
+@pytest.mark.parametrize("workers", [0, 2])
+def test_max_events_is_a_fixed_subset_every_epoch(root, world, workers):
+    k = 101                                           # not a multiple of the block or batch size
+    per_epoch = []
+    for epoch in (0, 1):
+        seen = []
+        for rank in range(world):
+            loader = make_loader(root, _cfg(workers=workers, max_events=k), rank, world)
+            loader.set_epoch(epoch)
+            seen.append(_index(_epoch(loader)))
+        per_epoch.append(np.concatenate(seen))
+    for everything in per_epoch:
+        np.testing.assert_array_equal(np.unique(everything), np.arange(k))
+        assert len(everything) - k < world           # at most the counted one-event padding
+
+
+def test_max_events_needs_the_torch_backend(root):
+    pytest.importorskip("nvidia.dali")
+    with pytest.raises(InputError, match="max_events"):
+        make_loader(root, _cfg(backend="dali", max_events=10))
+
+
 @pytest.mark.parametrize("batch_size", [16, 256])          # 256: one batch, an idle worker
 def test_fewer_shards_than_ranks_times_workers(one_shard, batch_size):
     total = json.loads((one_shard / "manifest.json").read_text())["splits"]["train"]["events"]

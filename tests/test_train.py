@@ -110,6 +110,17 @@ def test_frozen_layers_stay_unchanged(shards, tmp_path):
     assert changed and all(k.startswith("head.") for k in changed)
 
 
+def test_train_fraction_is_a_fixed_subset_of_events(shards, tmp_path):
+    run_train(config(shards, tmp_path, "model.name=deepsets", "train.epochs=2", "data.train_fraction=0.1",
+                     "train.record_events=true"))
+    n_train = json.loads((shards / "manifest.json").read_text())["splits"]["train"]["events"]
+    k = round(0.1 * n_train)
+    epochs = [np.load(tmp_path / "events_seen" / f"epoch{e:03d}_rank000.npy") for e in (0, 1)]
+    for seen in epochs:
+        assert sorted(seen.tolist()) == list(range(k))         # the same k events, each once
+    assert not np.array_equal(epochs[0], epochs[1])             # in a new order each epoch
+
+
 def test_two_processes_see_every_training_event_once(shards, tmp_path):
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",

@@ -41,6 +41,9 @@ class DaliLoader(StreamLoader):
     """Same public API as the torch backend (see engine.data.loader)."""
 
     def __init__(self, data: shards.SplitData, cfg: LoaderConfig, rank: int, world_size: int):
+        if cfg.max_events:
+            raise InputError("loader.max_events", "a subset of the split needs the torch backend "
+                                                  "(DALI's reader shards by whole samples)")
         super().__init__(data, cfg, rank, world_size)
         self.block_events = np.concatenate([s.events for s in data.shards] or [np.zeros(0, np.int64)])
         self.shard_events = dali_shard_events(self.block_events, world_size)

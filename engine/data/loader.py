@@ -53,6 +53,8 @@ class LoaderConfig:
     shuffle: bool = True                          # random block order + windowed event shuffle
     shuffle_buffer: int = 65_536                  # events per shuffle window
     seed: int = 0                                 # same seed + epoch -> same batches
+    max_events: int = 0                           # use only the split's first K events (0 = all):
+    # a fixed subset in stored order (the shard step shuffled it globally), the same every epoch
     skip_bad: bool = False                        # skip (and count) bad shards instead of failing:
     # shards are checked when the split is opened (size, index, every member's tar and block
     # header); a member whose payload then fails its CRC is an error even with skip_bad
@@ -68,8 +70,8 @@ class LoaderConfig:
                      "dali_initial_fill"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
-        if self.workers < 0 or self.object_cap < 0:
-            raise ValueError("workers and object_cap must be >= 0")
+        if self.workers < 0 or self.object_cap < 0 or self.max_events < 0:
+            raise ValueError("workers, object_cap and max_events must be >= 0")
 
     def cap_for(self, kind: str) -> int:
         default = objects.DEFAULT_CAP if kind == "events" else objects.DEFAULT_CONSTITUENT_CAP
@@ -88,9 +90,19 @@ class RankPlan:
     batch_size: int
 
 
+def limit_events(block_events: np.ndarray, max_events: int) -> np.ndarray:
+    """Events per block when only the first `max_events` of the split (stored order) are used:
+    later blocks get 0, the block at the boundary keeps its first events. 0 means no limit."""
+    if max_events <= 0:
+        return block_events
+    before = np.cumsum(block_events) - block_events
+    return np.clip(max_events - before, 0, block_events).astype(block_events.dtype)
+
+
 def rank_plan(block_events: np.ndarray, cfg: LoaderConfig, epoch: int, rank: int,
               world: int) -> RankPlan:
     """The epoch's block order and this rank's share (see module docstring)."""
+    block_events = limit_events(block_events, cfg.max_events)
     n = len(block_events)
     order = np.random.default_rng([cfg.seed, epoch]).permutation(n) if cfg.shuffle else np.arange(n)
     cum = np.zeros(n + 1, np.int64)
@@ -328,6 +340,7 @@ class StreamLoader:
         c = self.cfg
         return {"backend": c.backend, "seed": c.seed, "batch_size": c.batch_size, "workers": c.workers,
                 "shuffle": c.shuffle, "shuffle_buffer": c.shuffle_buffer, "drop_last": c.drop_last,
+                "max_events": c.max_events,
                 "rank": self.rank, "world_size": self.world_size,
                 "shards": [s.name for s in self.data.shards]}
 

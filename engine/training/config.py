@@ -26,7 +26,8 @@ class DataConfig:
     shards: str = ""
     """Folder made by `python -m engine shard` (with train/, val/, test/ and manifest.json)."""
     train_fraction: float = 1.0
-    """Use only this fraction of the training batches per epoch (fine-tuning on a small sample)."""
+    """Train on this fraction of the training events: a fixed subset (the first events of the
+    globally shuffled split), the same in every epoch (fine-tuning on a small sample)."""
     signal: Optional[str] = None
     """Class treated as signal in the signal-vs-background figure (default: the first class)."""
 

@@ -43,8 +43,8 @@ def train_gbt(cfg) -> dict:
 
     manifest = load_manifest(Path(cfg.data.shards))
     train_loader, val_loader = make_loaders(cfg, 0, 1)
-    x, y = collect(train_loader)
-    keep = max(1, int(len(y) * cfg.data.train_fraction))
+    x, y = collect(train_loader)      # already limited to data.train_fraction of the events
+    keep = len(y)
     options = {"max_iter": 300, "learning_rate": 0.1, "early_stopping": True, **cfg.model.options}
     tic = time.perf_counter()
     model = HistGradientBoostingClassifier(random_state=cfg.train.seed, **options).fit(x[:keep], y[:keep])
