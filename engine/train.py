@@ -175,6 +175,7 @@ def _train_epoch(cfg, accelerator, model, optimizer, scheduler, loader, inputs, 
     if state.loader is not None:
         loader.load_state_dict(state.loader)
     seen, window_loss, window_n, tic = [], torch.zeros((), device=accelerator.device), 0, time.perf_counter()
+    seconds_before, tic_epoch = state.seconds, tic   # training time of the run before this epoch
     bar = tqdm(total=batches_per_epoch, initial=state.batch, desc=f"epoch {state.epoch}", unit="batch",
                disable=not accelerator.is_local_main_process, dynamic_ncols=True, leave=False)
     for batch in loader:
@@ -194,12 +195,13 @@ def _train_epoch(cfg, accelerator, model, optimizer, scheduler, loader, inputs, 
         window_loss += loss.detach()
         window_n += 1
         state.batch += 1
+        state.images_seen += len(labels) * accelerator.num_processes
+        state.seconds = seconds_before + time.perf_counter() - tic_epoch
         bar.update(1)
         if not accelerator.sync_gradients:
             continue
         scheduler.step()
         state.step += 1
-        state.images_seen += len(labels) * accelerator.num_processes
         if state.step % cfg.train.log_every_steps == 0 or state.step == total_steps:
             rate = _log_window(cfg, accelerator, state, window_loss / window_n, window_n, tic, scheduler, log)
             bar.set_postfix(loss=f"{float(window_loss) / window_n:.4f}", img_s=f"{rate:,.0f}")
@@ -212,6 +214,7 @@ def _train_epoch(cfg, accelerator, model, optimizer, scheduler, loader, inputs, 
         if state.step >= total_steps:
             break
     bar.close()
+    state.seconds = seconds_before + time.perf_counter() - tic_epoch
     if cfg.train.record_events:
         _record_events(cfg, accelerator.process_index, state.epoch, seen)
     return state.step >= total_steps
@@ -220,7 +223,6 @@ def _train_epoch(cfg, accelerator, model, optimizer, scheduler, loader, inputs, 
 def _log_window(cfg, accelerator, state, mean_loss, n_batches, tic, scheduler, log) -> float:
     """Log the mean loss of the last window (one host sync); stop on a non-finite loss."""
     seconds = time.perf_counter() - tic
-    state.seconds += seconds
     loss = float(accelerator.reduce(mean_loss, reduction="mean"))
     if not math.isfinite(loss):
         last = latest_checkpoint(cfg.output_dir)
