@@ -100,6 +100,29 @@ def write_outputs(out_dir: Path, statuses: list[dict], machine: dict, mode: str,
     (out_dir / "report.md").write_text(text)
 
 
+def merge_previous(out_dir: Path, statuses: list[dict], mode: str, wall_s: float) -> tuple[list[dict], float]:
+    """With --only into a folder of an earlier run of the same mode: keep the benchmarks not re-run
+    (their records re-read from their JSON files, their status as recorded), in the usual order."""
+    previous = out_dir / "status.json"
+    if not previous.exists():
+        return statuses, wall_s
+    old = json.loads(previous.read_text())
+    if old.get("mode") != mode:
+        return statuses, wall_s
+    fresh = {s["benchmark"]: s for s in statuses}
+    merged = []
+    for entry in old["benchmarks"]:
+        name = entry["benchmark"]
+        if name in fresh:
+            merged.append(fresh.pop(name))
+        elif entry.get("rc") == 0:
+            merged.append({**entry, **read_outputs(out_dir / f"{name}.json")})
+        else:
+            merged.append({**entry, "records": [], "skips": []})
+    merged += fresh.values()
+    return merged, sum(s["seconds"] for s in merged)
+
+
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     mode = parser.add_mutually_exclusive_group()
@@ -128,6 +151,8 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     statuses = [run_one(name, args.bench_dir, out_dir, mode, timeout) for name in names]
     wall = time.perf_counter() - start
+    if args.only:
+        statuses, wall = merge_previous(out_dir, statuses, mode, wall)
     write_outputs(out_dir, statuses, machine_info(), mode, wall)
     failed = [s["benchmark"] for s in statuses if s["rc"] not in (0, None)
               or (s["rc"] is None and s["benchmark"] not in OPTIONAL)]

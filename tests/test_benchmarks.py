@@ -106,6 +106,23 @@ def test_check_report_rejects_a_bad_record(tiny_run, tmp_path):
         report.check_report(copy)
 
 
+def test_only_merges_into_an_earlier_run(tmp_path, monkeypatch):
+    bench = tmp_path / "benches"
+    bench.mkdir()
+    for name, value in (("first", 1.0), ("second", 2.0)):
+        (bench / f"{name}.py").write_text(
+            "import json, sys\nout = sys.argv[sys.argv.index('--out') + 1]\n"
+            f"json.dump([{{'name': '{name}', 'value': {value}, 'unit': 's', 'params': {{}}}}], open(out, 'w'))\n")
+    monkeypatch.setattr(run_all, "BENCHMARKS", ("first", "second"))
+    out = tmp_path / "out"
+    assert run_all.main(["--quick", "--out", str(out), "--bench-dir", str(bench)]) == 0
+    (bench / "second.py").write_text((bench / "second.py").read_text().replace("2.0", "3.0"))
+    assert run_all.main(["--quick", "--only", "second", "--out", str(out), "--bench-dir", str(bench)]) == 0
+    records = json.loads((out / "records.json").read_text())
+    assert [(r["name"], r["value"]) for r in records] == [("first", 1.0), ("second", 3.0)]
+    assert report.check_report(out) == 2
+
+
 def test_malformed_records_fail_the_benchmark(tmp_path):
     out = tmp_path / "b.json"
     out.write_text(json.dumps([{"name": "x", "value": float("nan"), "unit": "s", "params": {}}]))
