@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from engine.data import shards, synthetic
 from engine.data.dali_loader import dali_shard_events
 from engine.data.loader import LoaderConfig, make_loader
+from tests.events import synthetic_shards
 
 pytest.importorskip("nvidia.dali")
 
@@ -19,10 +19,7 @@ BATCH = 64
 @pytest.fixture(scope="module")
 def root(tmp_path_factory):
     base = tmp_path_factory.mktemp("dali")
-    synthetic.write_synthetic(base / "in", "events", 300, seed=7)
-    shards.write_shards([base / "in"], base / "shards",
-                        shards.ShardOptions(events_per_member=50, shard_size_mb=0.01, seed=2))
-    return base / "shards"
+    return synthetic_shards(base, 300, seed=7, shard_seed=2, events_per_member=50, shard_size_mb=0.01)
 
 
 def _cfg(**kw):

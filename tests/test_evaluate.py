@@ -9,10 +9,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from engine.data import objects
-from engine.data.shards import ShardOptions, write_shards
-from engine.data.synthetic import write_synthetic
 from engine.evaluate import dimuon_mass, evaluate, predict
 from engine.training.config import load_config
+from tests.events import synthetic_shards
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -20,8 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     folder = tmp_path_factory.mktemp("eval")
-    write_synthetic(folder / "parquet", "events", n_per_class=200, seed=1)
-    write_shards([folder / "parquet"], folder / "shards", ShardOptions(seed=1, events_per_member=128))
+    synthetic_shards(folder, 200, seed=1, events_per_member=128)
     from engine.train import train
     from engine.training.gbt import train_gbt
     base = [f"data.shards={folder / 'shards'}", "data.signal=ttbar", "train.batch_size=64"]
@@ -65,8 +63,7 @@ def test_dimuon_mass_of_two_back_to_back_muons():
 
 
 def test_evaluate_on_other_classes_is_a_clear_error(trained, tmp_path):
-    write_synthetic(tmp_path / "jets", "fatjets", n_per_class=50, seed=2)
-    write_shards([tmp_path / "jets"], tmp_path / "shards", ShardOptions(seed=2))
+    synthetic_shards(tmp_path, 50, seed=2, kind="fatjets")
     res = subprocess.run([sys.executable, "-m", "engine", "evaluate", "--checkpoint", str(trained / "deepsets"),
                           "--shards", str(tmp_path / "shards"), "--out", str(tmp_path / "out")],
                          cwd=ROOT, capture_output=True, text=True, timeout=120)

@@ -9,10 +9,11 @@ import pytest
 import torch
 
 from engine.config import from_dict
-from engine.data import encoding, shards, synthetic
+from engine.data import encoding, shards
 from engine.data.loader import LoaderConfig, make_loader
 from engine.data.shard_inspect import format_inspection, inspect_shards
 from engine.errors import InputError
+from tests.events import synthetic_shards
 
 BATCH = 64
 
@@ -20,19 +21,13 @@ BATCH = 64
 @pytest.fixture(scope="module")
 def root(tmp_path_factory):
     base = tmp_path_factory.mktemp("loader")
-    synthetic.write_synthetic(base / "in", "events", 400, seed=2)
-    shards.write_shards([base / "in"], base / "shards",
-                        shards.ShardOptions(events_per_member=100, shard_size_mb=0.02, seed=1))
-    return base / "shards"
+    return synthetic_shards(base, 400, seed=2, shard_seed=1, events_per_member=100, shard_size_mb=0.02)
 
 
 @pytest.fixture(scope="module")
 def one_shard(tmp_path_factory):
     base = tmp_path_factory.mktemp("one")
-    synthetic.write_synthetic(base / "in", "events", 130, seed=4)
-    shards.write_shards([base / "in"], base / "shards",
-                        shards.ShardOptions(events_per_member=64, split=(1.0, 0.0, 0.0)))
-    return base / "shards"
+    return synthetic_shards(base, 130, seed=4, shard_seed=0, events_per_member=64, split=(1.0, 0.0, 0.0))
 
 
 def _cfg(**kw):

@@ -4,10 +4,9 @@ import sys
 
 import pytest
 
-from engine.data.shards import ShardOptions, write_shards
-from engine.data.synthetic import write_synthetic
 from engine.errors import InputError
 from engine.sweep import load_sweep, points, run_sweep
+from tests.events import synthetic_shards
 
 
 def test_grid_and_tied_overrides(tmp_path):
@@ -27,8 +26,7 @@ def test_grid_and_tied_overrides(tmp_path):
 
 
 def test_sweep_trains_and_collects_metrics(tmp_path):
-    write_synthetic(tmp_path / "parquet", "events", n_per_class=100, seed=4)
-    write_shards([tmp_path / "parquet"], tmp_path / "shards", ShardOptions(seed=4, events_per_member=64))
+    synthetic_shards(tmp_path, 100, seed=4, events_per_member=64)
     (tmp_path / "base.yaml").write_text(f"data: {{shards: {tmp_path / 'shards'}, signal: ttbar}}\n"
                                         "train: {epochs: 1, batch_size: 64}\n")
     sweep = tmp_path / "s.sweep.yaml"

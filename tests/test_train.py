@@ -10,21 +10,17 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from engine.data.shards import ShardOptions, write_shards
-from engine.data.synthetic import write_synthetic
 from engine.errors import InputError
 from engine.training.config import load_config
 from engine.training.logs import read_log
+from tests.events import synthetic_shards
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("train_data")
-    write_synthetic(folder / "parquet", "events", n_per_class=300, seed=0)
-    write_shards([folder / "parquet"], folder / "shards", ShardOptions(seed=0, events_per_member=128))
-    return folder / "shards"
+    return synthetic_shards(tmp_path_factory.mktemp("train_data"), 300, seed=0, events_per_member=128)
 
 
 @pytest.fixture(autouse=True)
