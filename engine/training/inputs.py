@@ -55,16 +55,16 @@ class ModelInputs:
     def _images(self, batch: dict, epoch: int, step: int, train: bool) -> torch.Tensor:
         n = batch["labels"].shape[0]
         dtype = DTYPES[self.render.dtype]
-        if self._out is None or self._out.shape[0] != n:
-            self._out = None   # let the renderer allocate in the right layout, then reuse it
+        # On a GPU the batch buffer is reused: the stream orders the next batch's writes after this
+        # batch's reads. On the CPU the model may still hold the previous batch (autograd), so the
+        # renderer allocates a fresh tensor (cheap) instead.
+        out = self._out if self._out is not None and self._out.shape[0] == n else None
         if self.dataset_kind == "events":
-            rendered = render_events(batch, self.cfg, self._out, dtype=dtype,
-                                     channels_last=self.channels_last,
+            rendered = render_events(batch, self.cfg, out, dtype=dtype, channels_last=self.channels_last,
                                      seed=augmentation_seed(self.seed, epoch, step),
                                      augment=train and self.render.augment)
         else:
-            rendered = render_jets(batch, self.cfg, self._out, dtype=dtype)
-        self._out = rendered.images
-        # The model may keep the batch alive (autograd) while the next one is drawn: hand out a
-        # fresh tensor on the CPU path; on the GPU the stream orders the writes after the reads.
-        return rendered.images if rendered.images.is_cuda else rendered.images.clone()
+            rendered = render_jets(batch, self.cfg, out, dtype=dtype)
+        if rendered.images.is_cuda:
+            self._out = rendered.images
+        return rendered.images
