@@ -97,7 +97,7 @@ def run_point(point: Point, base: Path, shards_split: str, launcher: str) -> dic
     return json.loads(metrics_path.read_text())
 
 
-def run_sweep(path: str | Path, launcher: str = f"{sys.executable}", dry_run: bool = False) -> Path:
+def run_sweep(path: str | Path, launcher: str = sys.executable, dry_run: bool = False) -> Path:
     cfg, base = load_sweep(path)
     grid = points(cfg)
     if dry_run:

@@ -21,10 +21,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from engine.config import to_dict
 from engine.errors import EXIT_BAD_INPUT, InputError
 from engine.training.checkpoint import (TrainerState, export_model, latest_checkpoint,
                                         load_checkpoint, save_checkpoint)
-from engine.training.config import TrainConfig, check_paths, load_config, to_plain
+from engine.training.config import TrainConfig, check_paths, load_config
 from engine.training.logs import RunLog
 
 
@@ -161,7 +162,7 @@ def train(cfg: TrainConfig) -> dict:
                "steps": state.step, "epochs": state.epoch, "images_seen": state.images_seen,
                "train_seconds": state.seconds, "world_size": accelerator.num_processes,
                "events_per_s": state.images_seen / max(state.seconds, 1e-9), "val": metrics}
-        export_model(accelerator.unwrap_model(model), cfg.output_dir, to_plain(cfg), run)
+        export_model(accelerator.unwrap_model(model), cfg.output_dir, to_dict(cfg), run)
         accelerator.print(f"wrote {cfg.output_dir}/model.safetensors, config.yaml, run.json, log.csv")
     accelerator.wait_for_everyone()
     return metrics

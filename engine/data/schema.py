@@ -117,8 +117,7 @@ def _header_columns(events: ak.Array, process: str, class_names: list[str], n: i
     label = class_names.index(process)
     return {
         "label": pa.array(np.full(n, label, dtype=np.int32)),
-        "process": pa.array([process] * n, type=pa.string()) if n < 1 else
-        pa.DictionaryArray.from_arrays(np.zeros(n, np.int32), [process]).cast(pa.string()),
+        "process": pa.DictionaryArray.from_arrays(np.zeros(n, np.int32), [process]).cast(pa.string()),
         "weight": _flat(events.weight, pa.float32()),
         "run": _flat(events.run, pa.int64()),
         "lumi": _flat(events.lumi, pa.int64()),

@@ -60,13 +60,19 @@ def load_checkpoint(accelerator, folder: Path) -> TrainerState:
     return TrainerState(**json.loads((folder / "trainer_state.json").read_text()))
 
 
-def export_model(model, output_dir: str | Path, config: dict, run: dict) -> Path:
-    """Write model.safetensors, config.yaml and run.json (main process only)."""
-    from engine.models.transfer import save_weights
+def write_run_info(output_dir: str | Path, config: dict, run: dict) -> None:
+    """config.yaml (the resolved config) and run.json (what the model was trained on), atomically."""
     out = Path(output_dir)
-    save_weights(model, out / "model.safetensors")
+    out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / "config.yaml") as tmp:
         tmp.write_text(yaml.safe_dump(config, sort_keys=False))
     with atomic_path(out / "run.json") as tmp:
         tmp.write_text(json.dumps(run, indent=1))
-    return out / "model.safetensors"
+
+
+def export_model(model, output_dir: str | Path, config: dict, run: dict) -> Path:
+    """Write model.safetensors, config.yaml and run.json (main process only)."""
+    from engine.models.transfer import save_weights
+    save_weights(model, Path(output_dir) / "model.safetensors")
+    write_run_info(output_dir, config, run)
+    return Path(output_dir) / "model.safetensors"

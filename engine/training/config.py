@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Literal, Optional
 
 from engine.config import apply_overrides, from_dict, load_yaml
 from engine.data.loader import LoaderConfig
@@ -113,12 +113,6 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConf
     data = load_yaml(path) if path else {}
     data = apply_overrides(data, list(overrides))
     return from_dict(TrainConfig, data)
-
-
-def to_plain(cfg: Any) -> Any:
-    """For saving beside checkpoints (YAML-safe)."""
-    from engine.config import to_dict
-    return to_dict(cfg)
 
 
 def check_paths(cfg: TrainConfig) -> None:

@@ -7,13 +7,11 @@ HistGradientBoostingClassifier; the fitted model is pickled to OUTPUT_DIR/gbt.pk
 """
 from __future__ import annotations
 
-import json
 import pickle
 import time
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from engine.data.parquet_io import atomic_path
 
@@ -38,16 +36,16 @@ def train_gbt(cfg) -> dict:
     from sklearn.ensemble import HistGradientBoostingClassifier
     from engine.data.shards import load_manifest
     from engine.train import make_loaders
-    from engine.training.config import to_plain
+    from engine.config import to_dict
+    from engine.training.checkpoint import write_run_info
     from engine.training.metrics import classification_metrics
 
     manifest = load_manifest(Path(cfg.data.shards))
     train_loader, val_loader = make_loaders(cfg, 0, 1)
     x, y = collect(train_loader)      # already limited to data.train_fraction of the events
-    keep = len(y)
     options = {"max_iter": 300, "learning_rate": 0.1, "early_stopping": True, **cfg.model.options}
     tic = time.perf_counter()
-    model = HistGradientBoostingClassifier(random_state=cfg.train.seed, **options).fit(x[:keep], y[:keep])
+    model = HistGradientBoostingClassifier(random_state=cfg.train.seed, **options).fit(x, y)
     seconds = time.perf_counter() - tic
     xv, yv = collect(val_loader)
     names = manifest["class_names"]
@@ -56,12 +54,9 @@ def train_gbt(cfg) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / "gbt.pkl") as tmp:
         tmp.write_bytes(pickle.dumps(model))
-    with atomic_path(out / "config.yaml") as tmp:
-        tmp.write_text(yaml.safe_dump(to_plain(cfg), sort_keys=False))
     run = {"class_names": names, "dataset_kind": manifest["kind"], "input_kind": "objects",
-           "train_seconds": seconds, "events": int(keep), "val": metrics}
-    with atomic_path(out / "run.json") as tmp:
-        tmp.write_text(json.dumps(run, indent=1))
-    print(f"gbt: {keep} training events in {seconds:.1f} s; val accuracy {metrics['accuracy']:.4f}, "
+           "train_seconds": seconds, "events": len(y), "val": metrics}
+    write_run_info(out, to_dict(cfg), run)
+    print(f"gbt: {len(y)} training events in {seconds:.1f} s; val accuracy {metrics['accuracy']:.4f}, "
           f"{metrics['signal']} vs rest {metrics['signal_vs_background_efficiency']:.4f}; wrote {out}/gbt.pkl")
     return metrics

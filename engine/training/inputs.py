@@ -40,10 +40,6 @@ class ModelInputs:
                                               f"but the shards hold {dataset_kind}")
         self._out: torch.Tensor | None = None
 
-    @property
-    def channels(self) -> int:
-        return self.cfg.channels if self.cfg is not None else 0
-
     def __call__(self, batch: dict, epoch: int, step: int, train: bool) -> tuple[tuple, torch.Tensor]:
         on_device = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()
                      if isinstance(v, torch.Tensor)}
