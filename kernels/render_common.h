@@ -326,30 +326,50 @@ RC_FN int rc_stage_jet(const float* cons, int count, int M, int F, const float* 
     return m;
 }
 
-/* ---- output conversion on the GPU (the CPU twin writes float32 or uint8 with rc_to_u8 and lets
- * torch round to bfloat16/float16, which also rounds to nearest even) ---------------------------- */
-#if defined(__CUDACC__) || defined(__CUDACC_RTC__)
-__device__ __forceinline__ unsigned short rc_bf16_bits(float v) {
+/* ---- output conversion of the kernels (the CPU twin writes float32 or uint8 with rc_to_u8 and
+ * lets torch round to bfloat16/float16, which also rounds to nearest even). Plain integer code,
+ * so host builds of the kernels (tests/native, which runs them on the CPU) convert exactly as the
+ * GPU does; float16 uses the hardware conversion on the GPU. ------------------------------------- */
+RC_FN unsigned short rc_bf16_bits(float v) {
     unsigned int u = (unsigned int)rc_float_bits(v);
     if ((u & 0x7fffffffu) > 0x7f800000u) return 0x7fc0;          /* NaN */
     u = u + 0x7fffu + ((u >> 16) & 1u);                             /* round to nearest even */
     return (unsigned short)(u >> 16);
 }
 
-__device__ __forceinline__ unsigned short rc_f16_bits(float v) {
+/* float -> IEEE half bits, round to nearest even, subnormals and overflow to inf included. */
+RC_FN unsigned short rc_f16_bits(float v) {
+#if defined(__CUDA_ARCH__)
     unsigned short h;
     asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(v));
     return h;
+#else
+    unsigned int u = (unsigned int)rc_float_bits(v);
+    unsigned int sign = (u >> 16) & 0x8000u, a = u & 0x7fffffffu;
+    if (a > 0x7f800000u) return (unsigned short)(sign | 0x7e00u);                  /* NaN */
+    if (a >= 0x47800000u) return (unsigned short)(sign | 0x7c00u);                 /* >= 65536: inf */
+    if (a >= 0x38800000u) {                                                          /* normal half */
+        unsigned int r = a - 0x38000000u;                            /* exponent bias 127 -> 15 */
+        r = r + 0xfffu + ((r >> 13) & 1u);                           /* may carry up to inf: right */
+        return (unsigned short)(sign | (r >> 13));
+    }
+    int e = (int)(a >> 23);
+    if (e < 102) return (unsigned short)sign;                        /* below 2^-25: rounds to 0 */
+    unsigned int mant = (a & 0x007fffffu) | 0x00800000u;
+    int shift = 126 - e;                                             /* units of 2^-24: 14..24 */
+    unsigned int m = mant >> shift, rest = mant & ((1u << shift) - 1u), half = 1u << (shift - 1);
+    if (rest > half || (rest == half && (m & 1u))) m = m + 1u;       /* 1024 is the least normal */
+    return (unsigned short)(sign | m);
+#endif
 }
 
 /* DT: 0 float32, 1 bfloat16, 2 float16, 3 uint8 */
 template <int DT>
-__device__ __forceinline__ void rc_store(unsigned long long base, long long idx, float v) {
+RC_FN void rc_store(unsigned long long base, long long idx, float v) {
     if (DT == 0) ((float*)base)[idx] = v;
     else if (DT == 1) ((unsigned short*)base)[idx] = rc_bf16_bits(v);
     else if (DT == 2) ((unsigned short*)base)[idx] = rc_f16_bits(v);
     else ((unsigned char*)base)[idx] = rc_to_u8(v);
 }
-#endif
 
 #endif /* RENDER_COMMON_H */
