@@ -2,7 +2,8 @@
 
     python benchmarks/run_all.py [--quick | --tiny] [--only NAME,...] [--out DIR]
 
-Runs benchmarks/{generate,convert,loader,render,train,pipelines}.py (train.py when present), each
+Runs benchmarks/{gpu_tests,generate,convert,loader,render,train,pipelines}.py (train.py when
+present; gpu_tests.py runs `pytest -m gpu` and records its outcome, or says there is no GPU), each
 as its own process with `--quick` passed through (`--tiny`: the smallest sizes, for tests) and its
 records in DIR/NAME.json. Then writes
   DIR/records.json   every record, with the benchmark it came from
@@ -28,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import report  # noqa: E402
 from benchmarks.common import ROOT, default_results_dir, machine_info, skipped_path  # noqa: E402
 
-BENCHMARKS = ("generate", "convert", "loader", "render", "train", "pipelines")
+BENCHMARKS = ("gpu_tests", "generate", "convert", "loader", "render", "train", "pipelines")
 OPTIONAL = ("train",)                 # run when the script exists
 TINY_FLAG = {"pipelines": "--tiny"}   # benchmarks with sizes below --quick
 
@@ -96,7 +97,8 @@ def write_outputs(out_dir: Path, statuses: list[dict], machine: dict, mode: str,
     (out_dir / "status.json").write_text(json.dumps({"mode": mode, "wall_s": round(wall_s, 1),
                                                      "benchmarks": summary}, indent=1) + "\n")
     plots = report.plots(records, out_dir)
-    text = report.markdown(records, skips, summary, machine, mode, wall_s, plots)
+    complete = set(BENCHMARKS) - set(OPTIONAL) <= {s["benchmark"] for s in statuses if s["rc"] is not None}
+    text = report.markdown(records, skips, summary, machine, mode, wall_s, plots, complete)
     (out_dir / "report.md").write_text(text)
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import common, report, run_all
+from benchmarks import common, gpu_tests, report, run_all
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -147,3 +147,30 @@ def test_machine_tag_and_default_dir():
     tag = common.machine_tag()
     assert tag and " " not in tag and "/" not in tag
     assert common.default_results_dir().parent == ROOT / "benchmarks" / "results"
+
+
+def test_gpu_tests_records_each_outcome(tmp_path):
+    suite = tmp_path / "test_sample.py"
+    suite.write_text("import pytest\n"
+                     "def test_ok():\n    assert True\n"
+                     "def test_broken():\n    assert False\n"
+                     "def test_absent():\n    pytest.skip('no device')\n")
+    records, rc = gpu_tests.run_pytest("Test GPU", ("-q", "-p", "no:cacheprovider", str(suite)))
+    check_records(records)
+    counts = {r["name"]: r["value"] for r in records if r["name"].startswith("gpu_tests_")}
+    assert counts == {"gpu_tests_passed": 1, "gpu_tests_failed": 1, "gpu_tests_skipped": 1} and rc == 1
+    failed = [r["params"]["test"] for r in records if r["name"] == "gpu_test_failed"]
+    assert len(failed) == 1 and failed[0].endswith("test_broken")
+    rows = report.target_rows([{**r, "benchmark": "gpu_tests"} for r in records], [],
+                              {"gpu": {"count": 1}, "cores": 16}, "full", 1.0)
+    assert any("GPU tests" in row and "| 1 | no |" in row for row in rows)
+
+
+def test_gpu_tests_without_a_gpu_say_why(tmp_path):
+    if common.gpu_info()["count"]:
+        pytest.skip("this machine has a GPU")
+    out = tmp_path / "gpu_tests.json"
+    assert gpu_tests.main(["--out", str(out)]) == 0
+    assert json.loads(out.read_text()) == []
+    skips = json.loads(common.skipped_path(out).read_text())
+    assert skips and "no GPU" in skips[0]["reason"]
