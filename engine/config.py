@@ -110,7 +110,10 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
             raise InputError(key, f"expected a mapping, got {type(value).__name__}")
         return dict(value)
     if origin is typing.Literal:
-        if value not in args:
+        if isinstance(value, bool):   # YAML 1.1 reads no/off/false and yes/on/true as booleans
+            value = next((w for w in (("yes", "on", "true") if value else ("no", "off", "false"))
+                          if w in args), value)
+        if isinstance(value, bool) or value not in args:
             raise InputError(key, f"must be one of {', '.join(map(str, args))}, got {value!r}")
         return value
     if hint is Any:

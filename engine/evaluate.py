@@ -114,10 +114,14 @@ def _torch_scorer(trained: Trained, manifest: dict):
     render = RenderSection(**trained.config["render"])
     inputs = ModelInputs(trained.run["input_kind"], manifest["kind"], render, device, seed=0,
                          channels_last=trained.config["model"].get("channels_last", True))
+    # the weights are float32: feed float32 (exact from bf16/fp16 images) under the autocast the
+    # run trained with, so the numbers are those of the run's own validation
+    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(trained.config["train"].get("mixed_precision"))
 
     def scores(_, batch):
         args, _labels = inputs(batch, epoch=0, step=0, train=False)
-        with torch.no_grad():
+        args = tuple(a.float() if a.is_floating_point() else a for a in args)
+        with torch.no_grad(), torch.autocast(device.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
             return model(*args).float().softmax(-1).cpu().numpy()
     return scores
 

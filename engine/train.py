@@ -69,19 +69,22 @@ def make_loaders(cfg: TrainConfig, rank: int, world: int):
 
 
 def evaluate_split(accelerator, model, loader, inputs) -> tuple[np.ndarray, np.ndarray]:
-    """Softmax scores (E, K) and labels (E,) of a split, gathered over ranks (rank padding removed)."""
+    """Softmax scores (E, K) and labels (E,) of a split, gathered over ranks; the loader's rank
+    padding (an event repeated to even out the ranks) is removed by the events' split index."""
     model.eval()
-    scores, labels = [], []
+    scores, labels, index = [], [], []
     with torch.no_grad():
         for batch in loader:
             args, y = inputs(batch, epoch=0, step=0, train=False)
             with accelerator.autocast():
                 logits = model(*args)
-            p, y = accelerator.gather_for_metrics((logits.float().softmax(-1), y))
+            p, y, i = accelerator.gather((logits.float().softmax(-1), y, batch["index"].to(y.device)))
             scores.append(p.cpu().numpy())
             labels.append(y.cpu().numpy())
+            index.append(i.cpu().numpy())
     model.train()
-    return np.concatenate(scores), np.concatenate(labels)
+    keep = np.sort(np.unique(np.concatenate(index), return_index=True)[1])   # first of each event
+    return np.concatenate(scores)[keep], np.concatenate(labels)[keep]
 
 
 def _record_events(cfg: TrainConfig, rank: int, epoch: int, seen: list[np.ndarray]) -> None:

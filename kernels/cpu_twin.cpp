@@ -9,7 +9,8 @@
  * Output: float32 or uint8, NCHW or channels-last. With AVX2 the coverage, blending and uint8
  * conversion run 8 pixels at a time with the same IEEE operations in the same order (max/min of the
  * x86 instructions are exactly the header's comparisons), so the values are bit for bit the scalar
- * ones. All entry points return the number of skipped objects (see render_common.h).
+ * ones. Every thread flushes subnormals to zero while it draws, as the kernels do. All entry points
+ * return the number of skipped objects (see render_common.h).
  */
 #include <stdlib.h>
 #include <string.h>
@@ -213,6 +214,7 @@ long long render_events(const signed char* types, const float* feats, const int*
     long long skipped = 0;
 #pragma omp parallel num_threads(threads) reduction(+ : skipped)
     {
+        RcFlushSubnormals flush;
         Row row(W, C, bg);
         RcObject objs[RC_MAX_OBJECTS];
         const std::vector<T> bg_row = background_row<T>(bg, W, C, channels_last);
@@ -249,6 +251,7 @@ long long render_jets(const float* cons, const int* counts, const float* fatjet,
     long long skipped = 0;
 #pragma omp parallel num_threads(threads) reduction(+ : skipped)
     {
+        RcFlushSubnormals flush;
         std::vector<float> acc((size_t)S * S, 0.0f);
         float x[RC_MAX_CONSTITUENTS], y[RC_MAX_CONSTITUENTS], w[RC_MAX_CONSTITUENTS];
         int pix[RC_MAX_CONSTITUENTS];

@@ -9,7 +9,8 @@ Arguments (all on the same CUDA device, C-contiguous, exact dtypes; checked, nev
   constituents (B, M, F>=3) float32, fatjet (B, 4) float32;
   out (B, C, H, W) float32 | bfloat16 | float16 | uint8, contiguous (NCHW) or channels_last;
   skipped (1,) int64, incremented by the number of skipped objects.
-The module is compiled by NVRTC with --fmad=false, as the CPU twin is built without contraction.
+The module is compiled by NVRTC with --fmad=false, as the CPU twin is built without contraction, and
+with -ftz=true (CuPy always adds it), as the CPU twin flushes subnormals too.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ HERE = Path(__file__).parent
 DTYPES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2, torch.uint8: 3}
 EVENT_CHANNELS = (1, 3, 5)
 BLOCK = 256
-NVRTC_OPTIONS = ("--std=c++17", "--fmad=false")
+NVRTC_OPTIONS = ("--std=c++17", "--fmad=false", "-ftz=true")   # CuPy adds -ftz=true anyway: said here
 
 _module = None
 
@@ -79,14 +80,36 @@ def _check_out(out: torch.Tensor, batch: int, channels: int, side: int) -> tuple
     raise ValueError("out must be contiguous (NCHW) or channels_last")
 
 
-def _launch(kernel, batch: int, args: tuple, device: torch.device) -> None:
+_kernels: dict[tuple[str, int], object] = {}
+
+
+def _kernel(name: str, device: torch.device):
+    """The module's kernel `name` loaded on `device` (looked up once per device)."""
+    key = (name, device.index)
+    if key not in _kernels:
+        import cupy
+        with cupy.cuda.Device(device.index):
+            _kernels[key] = module().get_function(name)
+    return _kernels[key]
+
+
+def _torch_stream(device: torch.device):
+    """PyTorch's current stream on `device` as a CuPy stream (the CUDA stream protocol where torch
+    has it; CuPy's older ExternalStream otherwise)."""
+    import cupy
+    stream = torch.cuda.current_stream(device)
+    if hasattr(stream, "__cuda_stream__") and hasattr(cupy.cuda.Stream, "from_external"):
+        return cupy.cuda.Stream.from_external(stream)
+    return cupy.cuda.ExternalStream(stream.cuda_stream, device.index)
+
+
+def _launch(name: str, batch: int, args: tuple, device: torch.device) -> None:
     import cupy
     if batch == 0:
         return
     with cupy.cuda.Device(device.index):
-        stream = cupy.cuda.ExternalStream(torch.cuda.current_stream(device).cuda_stream, device.index)
-        with stream:
-            kernel((batch,), (BLOCK,), args)
+        with _torch_stream(device):
+            _kernel(name, device)((batch,), (BLOCK,), args)
 
 
 _params_cache: dict[tuple[bytes, int], torch.Tensor] = {}
@@ -128,7 +151,7 @@ def render_events(types, features, counts, params: np.ndarray, out, skipped, *, 
             np.int32(slots), np.int32(features.shape[2]), _u64(table.data_ptr()), _u64(seed),
             np.int64(index_offset), np.int32(bool(augment)), _u64(out.data_ptr()), np.int32(channels_last),
             _u64(skipped.data_ptr()))
-    _launch(module().get_function(_event_name(dt, channels)), batch, args, device)
+    _launch(_event_name(dt, channels), batch, args, device)
 
 
 def render_jets(constituents, counts, fatjet, params: np.ndarray, out, skipped) -> None:
@@ -146,4 +169,4 @@ def render_jets(constituents, counts, fatjet, params: np.ndarray, out, skipped) 
     args = (_u64(constituents.data_ptr()), _u64(counts.data_ptr()), _u64(fatjet.data_ptr()), np.int32(batch),
             np.int32(slots), np.int32(width), _u64(table.data_ptr()), _u64(out.data_ptr()),
             _u64(skipped.data_ptr()))
-    _launch(module().get_function(_jet_name(dt)), batch, args, device)
+    _launch(_jet_name(dt), batch, args, device)

@@ -3,8 +3,9 @@
  * Compiled by NVRTC (through CuPy) and nvcc for the CUDA kernels (event_image.cu, jet_image.cu)
  * and by g++ for the CPU twin (cpu_twin.cpp). Every number that reaches a pixel is computed by
  * the functions below with plain IEEE-754 single-precision operations (+ - * / sqrt floor ceil,
- * no library log, no trigonometry), and both sides are compiled without contraction into FMA
- * (nvcc/NVRTC --fmad=false, g++ -ffp-contract=off), so the GPU and the CPU draw bit-identical images.
+ * no library log, no trigonometry), both sides are compiled without contraction into FMA
+ * (nvcc/NVRTC --fmad=false, g++ -ffp-contract=off) and both flush subnormals to zero (-ftz=true;
+ * RcFlushSubnormals on the CPU), so the GPU and the CPU draw bit-identical images.
  *
  * Geometry of an event image (W x H pixels, C channels):
  *   x = (eta + eta_max) / (2 eta_max) * W     (eta across, left to right)
@@ -26,6 +27,28 @@
 #else
 #include <math.h>
 #define RC_FN static inline
+#if defined(__x86_64__) || defined(__i386__)
+#include <xmmintrin.h>
+#endif
+
+/* The kernels run with subnormals flushed to zero (CuPy compiles every module with -ftz=true:
+ * single-precision operations read and write subnormals as 0). Host code drawing with this header
+ * holds one of these on each of its threads, so it flushes them too (x86: MXCSR FTZ + DAZ;
+ * AArch64: FPCR.FZ), and both sides agree on subnormal input as well; the mode is restored after. */
+struct RcFlushSubnormals {
+#if defined(__x86_64__) || defined(__i386__)
+    unsigned int saved;
+    RcFlushSubnormals() : saved(_mm_getcsr()) { _mm_setcsr(saved | 0x8040u); }
+    ~RcFlushSubnormals() { _mm_setcsr(saved); }
+#elif defined(__aarch64__)
+    unsigned long saved;
+    RcFlushSubnormals() {
+        __asm__ volatile("mrs %0, fpcr" : "=r"(saved));
+        __asm__ volatile("msr fpcr, %0" : : "r"(saved | (1ul << 24)));
+    }
+    ~RcFlushSubnormals() { __asm__ volatile("msr fpcr, %0" : : "r"(saved)); }
+#endif
+};
 #endif
 
 /* Object type codes of engine/data/objects.py. */

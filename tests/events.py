@@ -50,3 +50,12 @@ def synthetic_shards(folder, n_per_class: int, seed: int, kind: str = "events", 
     seed_of_shards = seed if shard_seed is None else shard_seed
     write_shards([folder / "parquet"], folder / "shards", ShardOptions(seed=seed_of_shards, **options))
     return folder / "shards"
+
+
+def reset_accelerate() -> None:
+    """Forget Accelerate's process-wide state, so the next Accelerator in this process may choose
+    another mixed precision (one training run after another in a test)."""
+    from accelerate.state import AcceleratorState, GradientState, PartialState
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    PartialState._reset_state()

@@ -53,3 +53,17 @@ def test_overrides():
     assert data == {"inner": {"lr": 0.5}, "epochs": 2, "resume": None}
     with pytest.raises(InputError):
         apply_overrides({}, ["epochs"])
+
+
+def test_half_precision_images_need_mixed_precision():
+    from engine.training.config import load_config
+    with pytest.raises(InputError, match="render.dtype bfloat16 needs train.mixed_precision"):
+        load_config(None, ["render.dtype=bfloat16", "train.mixed_precision=no"])
+    assert load_config(None, ["render.dtype=bfloat16", "train.mixed_precision=bf16"]).render.dtype == "bfloat16"
+
+
+def test_yaml_no_is_the_word_no_where_a_choice_is_expected():
+    from engine.training.config import load_config
+    assert load_config(None, ["train.mixed_precision=no"]).train.mixed_precision == "no"
+    with pytest.raises(InputError, match="must be one of no, bf16, fp16, got True"):
+        load_config(None, ["train.mixed_precision=yes"])

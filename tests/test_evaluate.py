@@ -11,7 +11,7 @@ import pytest
 from engine.data import objects
 from engine.evaluate import dimuon_mass, evaluate, predict
 from engine.training.config import load_config
-from tests.events import synthetic_shards
+from tests.events import reset_accelerate, synthetic_shards
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -25,6 +25,10 @@ def trained(tmp_path_factory):
     base = [f"data.shards={folder / 'shards'}", "data.signal=ttbar", "train.batch_size=64"]
     train(load_config(None, base + [f"output_dir={folder / 'deepsets'}", "model.name=deepsets",
                                      "train.epochs=3", "train.lr=0.003"]))
+    reset_accelerate()
+    train(load_config(None, base + [f"output_dir={folder / 'small_cnn'}", "model.name=small_cnn",
+                                     "render.size_px=32", "render.dtype=bfloat16", "train.mixed_precision=bf16"]))
+    reset_accelerate()
     train_gbt(load_config(None, base + [f"output_dir={folder / 'gbt'}", "model.name=gbt",
                                          "model.options={max_iter: 50}"]))
     return folder
@@ -41,6 +45,15 @@ def test_evaluate_writes_metrics_and_plots(trained, tmp_path, model):
     assert set(saved["roc_auc_one_vs_rest"]) == {"dy", "ttbar", "wjets"} and saved["signal"] == "ttbar"
     for name in ("confusion.png", "roc.png", "scores.png"):
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_cnn_trained_on_bfloat16_images_evaluates_as_in_its_run(trained, tmp_path):
+    """bf16 images (as in the studies' configs) into float32 weights under the run's autocast: the
+    validation split scores as the run's own last validation did."""
+    metrics = evaluate(trained / "small_cnn", trained / "shards", tmp_path, split="val")
+    val = json.loads((trained / "small_cnn" / "run.json").read_text())["val"]
+    assert metrics["events"] == val["events"]
+    assert metrics["accuracy"] == pytest.approx(val["accuracy"], abs=1.01 / val["events"])
 
 
 def test_predict_writes_scores_in_split_order(trained, tmp_path):

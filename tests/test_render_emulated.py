@@ -143,6 +143,7 @@ def test_jet_kernel_matches_twin(host, tmp_path, dtype):
     batch["counts"][2] = 0
     batch["counts"][3] = 40
     batch["constituents"][4, 5, 1] = np.nan                     # one skipped constituent
+    batch["constituents"][5, 6, 0] = np.float32(1e-40)          # subnormal pt: 0 under -ftz=true
     want = render_jets(batch, cfg, dtype=dtype)
     got, skipped = emulate_jets(host["plain"], tmp_path, batch, cfg, dtype)
     assert torch.equal(twin_bits(got), twin_bits(want.images))

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from engine.errors import InputError
 from engine.training.config import load_config
 from engine.training.logs import read_log
-from tests.events import synthetic_shards
+from tests.events import reset_accelerate, synthetic_shards
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,10 +26,7 @@ def shards(tmp_path_factory):
 @pytest.fixture(autouse=True)
 def fresh_accelerate_state():
     yield
-    from accelerate.state import AcceleratorState, GradientState, PartialState
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    PartialState._reset_state()
+    reset_accelerate()
 
 
 def config(shards, out, *overrides):
@@ -78,7 +75,7 @@ def test_resume_after_interruption_matches_uninterrupted(shards, tmp_path, monke
     with pytest.raises(KeyboardInterrupt):
         run_train(config(shards, tmp_path / "killed", *args))
     monkeypatch.setattr(trainer, "save_checkpoint", real_save)
-    fresh_state()
+    reset_accelerate()
     run_train(config(shards, tmp_path / "killed", *args))
     a = load_file(tmp_path / "straight" / "model.safetensors")
     b = load_file(tmp_path / "killed" / "model.safetensors")
@@ -87,16 +84,9 @@ def test_resume_after_interruption_matches_uninterrupted(shards, tmp_path, monke
         assert torch.equal(a[key], b[key]), key
 
 
-def fresh_state():
-    from accelerate.state import AcceleratorState, GradientState, PartialState
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    PartialState._reset_state()
-
-
 def test_frozen_layers_stay_unchanged(shards, tmp_path):
     run_train(config(shards, tmp_path / "base", "model.name=deepsets", "train.epochs=1"))
-    fresh_state()
+    reset_accelerate()
     run_train(config(shards, tmp_path / "tuned", "model.name=deepsets", "train.epochs=1",
                      f"model.init_weights={tmp_path / 'base' / 'model.safetensors'}",
                      "model.unfreeze_fraction=0", "data.train_fraction=0.5"))
@@ -123,7 +113,7 @@ def test_two_processes_see_every_training_event_once(shards, tmp_path):
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
            "-m", "engine.train", f"data.shards={shards}", f"output_dir={out}", "model.name=deepsets",
            "train.epochs=1", "train.batch_size=32", "train.record_events=true"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}   # gloo on the CPU
     subprocess.run(cmd, check=True, cwd=ROOT, env=env, capture_output=True, timeout=300)
     seen = [np.load(p) for p in sorted((out / "events_seen").glob("epoch000_rank*.npy"))]
     assert len(seen) == 2 and len(seen[0]) == len(seen[1])      # equal batch counts per rank
@@ -133,6 +123,8 @@ def test_two_processes_see_every_training_event_once(shards, tmp_path):
     unique = np.unique(everything)
     assert len(unique) == n_train and unique.min() == 0 and unique.max() == n_train - 1
     assert len(everything) - n_train <= 1    # at most the documented one-event padding
+    val = json.loads((out / "run.json").read_text())["val"]
+    assert val["events"] == manifest["splits"]["val"]["events"]   # each validation event counted once
 
 
 def test_nan_loss_stops_with_a_clear_message(shards, tmp_path):

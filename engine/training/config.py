@@ -106,6 +106,9 @@ class TrainConfig:
 
     def __post_init__(self):
         self.loader = replace(self.loader, batch_size=self.train.batch_size, seed=self.train.seed)
+        if self.render.dtype != "float32" and self.train.mixed_precision == "no":
+            raise ValueError(f"render.dtype {self.render.dtype} needs train.mixed_precision bf16 or fp16 "
+                             "(the model's weights are float32)")
 
 
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConfig:

@@ -30,6 +30,8 @@ static pthread_barrier_t cuda_host_block_barrier;
 #define __shared__ static
 #define __syncthreads() pthread_barrier_wait(&cuda_host_block_barrier)
 
+#include "../../kernels/render_common.h"   /* host branch: RcFlushSubnormals */
+
 static inline unsigned long long atomicAdd(unsigned long long* address, unsigned long long value) {
     return __atomic_fetch_add(address, value, __ATOMIC_RELAXED);
 }
@@ -43,6 +45,7 @@ static void cuda_host_launch(unsigned int grid, unsigned int block, const Body& 
     std::vector<std::thread> threads;
     for (unsigned int t = 0; t < block; ++t) {
         threads.emplace_back([t, grid, &body] {
+            RcFlushSubnormals flush;                             /* as CuPy's -ftz=true */
             threadIdx = {t, 0, 0};
             for (unsigned int b = 0; b < grid; ++b) {
                 blockIdx = {b, 0, 0};
