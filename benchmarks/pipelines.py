@@ -10,12 +10,16 @@
             decoder (device='mixed' on a GPU, 'cpu' otherwise; W = DALI threads, at least 1) -> model
   bound     the model on one batch already in device memory, repeated (the hardware's limit)
 
-Each measurement is a training step (forward, cross-entropy, backward, SGD) per batch: warm-up
-steps first (workers start, cuDNN picks its kernels), then images/s over a fixed number of steps:
-the median of a few back-to-back timing windows of a fixed number of steps each (a burst of other
-work on a shared machine moves one window, not the median).
+Each measurement is a training step (forward, cross-entropy, backward, SGD) per batch, images/s
+over a fixed number of steps. For each worker count the pipelines' streams are open together and
+measured in rounds, one timing window each in turn (onthefly, png, dali, bound, onthefly, ...),
+every window after untimed steps that start the workers and drain the batches the idle pipeline
+prefetched; a pipeline's rate is its median window. Drifts in the load of a shared machine then
+hit every pipeline alike, and a burst moves one window, not the median.
 Models: small_cnn at 64 px (the loader matters most) and ResNet50 at 224 px (bf16 autocast on a
-GPU); without a GPU only small_cnn runs unless --models says otherwise. Events: --parquet, else
+GPU); without a GPU only small_cnn runs unless --models says otherwise, and in its narrow variant
+(widths 8-16-32-64: ~2,500 training images/s on 2 cores instead of ~300), so that there too the
+model leaves the loader something to matter for; `params` name the widths. Events: --parquet, else
 Pythia 8 ttbar / W+jets / Drell-Yan (`python -m engine generate`; synthetic events with --tiny).
 
 Records: pipeline_images_per_s {pipeline, model, workers, ...}; onthefly_over_png, onthefly_over_dali,
@@ -73,8 +77,9 @@ def worker_scan() -> tuple[int, ...]:
 
 SIZES = {"tiny": Size(40, True, 16, 1, 2, 1, (0, 1), {"small_cnn": 32, "resnet50": 64}),
          "quick": Size(150, False, 64, 2, 4, 3, (0, 1, 2), {"small_cnn": 64, "resnet50": 224}, 5, 10, 1000),
-         "full": Size(2000, False, 64, 10, 20, 3, worker_scan(), {"small_cnn": 64, "resnet50": 224})}
+         "full": Size(2000, False, 64, 10, 50, 3, worker_scan(), {"small_cnn": 64, "resnet50": 224})}
 GPU_BATCH = {"small_cnn": 512, "resnet50": 256}
+CPU_OPTIONS = {"small_cnn": {"widths": (8, 16, 32, 64)}}    # model options without a GPU
 
 
 @dataclass
@@ -91,6 +96,7 @@ class Bench:
     warmup: int
     steps: int
     windows: int
+    options: dict                     # model options (create_model keywords)
 
     @property
     def cfg(self):
@@ -100,12 +106,14 @@ class Bench:
         device = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu"
         return {"model": self.model, "size_px": self.size_px, "device": device, "batch": self.batch,
                 "dtype": str(self.dtype).replace("torch.", ""), "torch_threads": torch.get_num_threads(),
-                "steps": f"{self.windows} x {self.steps}", **extra}
+                "steps": f"{self.windows} x {self.steps}",
+                **{k: "-".join(map(str, v)) if isinstance(v, tuple) else v for k, v in self.options.items()},
+                **extra}
 
 
-def make_step(name: str, num_classes: int, device: torch.device):
+def make_step(name: str, num_classes: int, device: torch.device, options: dict | None = None):
     """A training step on (images (B, C, H, W), labels (B,)): forward, loss, backward, SGD."""
-    model = create_model(name, num_classes).to(device).to(memory_format=torch.channels_last)
+    model = create_model(name, num_classes, **(options or {})).to(device).to(memory_format=torch.channels_last)
     model.train()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     autocast = device.type == "cuda"
@@ -215,38 +223,69 @@ def check_stream(bench: Bench, stream) -> None:
     assert float(images.float().amin()) >= 0.0 and float(images.float().amax()) <= 1.0
 
 
-def measure(bench: Bench, step, pipeline: str, workers: int) -> float:
-    """Images per second of `pipeline` with `workers`: the median over the timing windows (after
-    the correctness check and warm-up)."""
+def open_stream(bench: Bench, pipeline: str, workers: int):
+    """A pipeline's batch stream, checked (see check_stream)."""
     stream = STREAMS[pipeline](bench, workers)
     try:
         check_stream(bench, stream)
-        seconds = timed_steps(stream, step, bench.warmup, bench.steps, bench.device, bench.windows)
+    except BaseException:
+        stream.close()
+        raise
+    return stream
+
+
+def dali_skip(bench: Bench, workers: int, exc: Exception) -> dict:
+    reason = f"DALI could not run: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+    return skip("pipeline_images_per_s", reason, **bench.params(pipeline="dali", workers=workers))
+
+
+def measure_round(bench: Bench, step, workers: int, dali_ok: bool) -> tuple[dict, list[dict]]:
+    """Seconds of each timing window of every pipeline at `workers`, windows taken in turn."""
+    streams, skips = {}, []
+    drain = max(bench.warmup, 4 * max(workers, 1) + 2)       # > the batches a loader prefetches
+    try:
+        for pipeline in PIPELINES:
+            if pipeline == "dali" and (workers == 0 or not dali_ok):
+                continue                 # DALI always decodes in its own threads
+            try:
+                streams[pipeline] = open_stream(bench, pipeline, workers)
+            except Exception as exc:     # noqa: BLE001  any DALI failure becomes a row saying why
+                if pipeline != "dali":
+                    raise
+                skips.append(dali_skip(bench, workers, exc))
+        seconds = {p: [] for p in streams}
+        for _ in range(bench.windows):
+            for pipeline in list(streams):
+                try:
+                    seconds[pipeline] += timed_steps(streams[pipeline], step, drain, bench.steps, bench.device)
+                except Exception as exc:  # noqa: BLE001
+                    if pipeline != "dali":
+                        raise
+                    skips.append(dali_skip(bench, workers, exc))
+                    streams.pop(pipeline).close()
+                    del seconds[pipeline]
     finally:
-        stream.close()        # stops the loader's worker processes / DALI pipeline
-    return bench.steps * bench.batch / float(np.median(seconds))
+        for stream in streams.values():
+            stream.close()       # stops the loaders' worker processes / the DALI pipeline
+    return seconds, skips
 
 
 def measure_model(bench: Bench, workers: tuple[int, ...]) -> tuple[list[dict], list[dict]]:
     """Every pipeline at every worker count for one model; rates, then ratios and 95% points."""
-    step = make_step(bench.model, bench.num_classes, bench.device)
+    step = make_step(bench.model, bench.num_classes, bench.device, bench.options)
     warm = bound_stream(bench, 0)     # first steps of a new model are slow (kernel selection,
     timed_steps(warm, step, bench.warmup, 0, bench.device)   # allocations): not charged to any pipeline
     warm.close()
-    rates, skips = {}, []
-    for pipeline in PIPELINES:
-        for w in (None,) if pipeline == "bound" else workers:
-            if pipeline == "dali" and w == 0:
-                continue                 # DALI always decodes in its own threads
-            try:
-                rates[pipeline, w] = measure(bench, step, pipeline, w)
-            except Exception as exc:     # noqa: BLE001  any DALI failure becomes a row saying why
-                if pipeline != "dali":
-                    raise
-                reason = f"DALI could not run: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
-                skips.append(skip("pipeline_images_per_s", reason, **bench.params(pipeline="dali", workers=w)))
-                break
+    rates, skips, bound = {}, [], []
+    for w in workers:
+        seconds, missing = measure_round(bench, step, w, dali_ok=not skips)
+        skips += missing
+        bound += seconds.pop("bound")
+        for pipeline, windows in seconds.items():
+            rates[pipeline, w] = bench.steps * bench.batch / float(np.median(windows))
             print(f"  {bench.model:10s} {pipeline:9s} workers={w}: {rates[pipeline, w]:,.0f} images/s", flush=True)
+    rates["bound", None] = bench.steps * bench.batch / float(np.median(bound))
+    print(f"  {bench.model:10s} bound     (all rounds): {rates['bound', None]:,.0f} images/s", flush=True)
     records = [record("pipeline_images_per_s", rate, "images/s", **bench.params(pipeline=p, workers=w))
                for (p, w), rate in rates.items()]
     return records + derived_records(rates, bench, workers), skips
@@ -362,7 +401,7 @@ def run(args, size: Size, tmp: Path) -> tuple[list[dict], list[dict]]:
         bench = Bench(name, px, batch, device,
                       torch.bfloat16 if gpu else torch.float32, root, images, len(manifest["class_names"]),
                       max(size.warmup, size.gpu_warmup * gpu), max(size.steps, size.gpu_steps * gpu),
-                      size.windows)
+                      size.windows, {} if gpu else CPU_OPTIONS.get(name, {}))
         measured, missing = measure_model(bench, workers)
         records, skips = records + measured, skips + missing
     scaled, missing = ddp_scaling.scaling_records(root, size.warmup, size.steps, tmp)
