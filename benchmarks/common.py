@@ -142,7 +142,7 @@ def git_commit() -> dict:
     def git(*args):
         out = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
         return out.stdout.strip() if out.returncode == 0 else None
-    status = git("status", "--porcelain")
+    status = git("status", "--porcelain", "--", ".", ":!benchmarks/results")   # results being written
     return {"commit": git("rev-parse", "HEAD"), "dirty": bool(status) if status is not None else None}
 
 
