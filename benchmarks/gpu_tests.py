@@ -22,7 +22,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import ROOT, print_table, record, skip, write_results  # noqa: E402
 
 
-
 def gpu_test_files() -> tuple[str, ...]:
     """The test modules that hold GPU tests (only these are collected: the others need packages a
     GPU machine may lack, such as Pythia)."""

@@ -127,3 +127,24 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
             raise InputError(key, f"expected {hint.__name__}, got {type(value).__name__} {value!r}")
         return value
     return value
+
+
+def check_fraction(obj, *names) -> None:
+    """For __post_init__: each named field of `obj` lies in [0, 1] (ValueError naming it otherwise)."""
+    for name in names:
+        if not 0.0 <= getattr(obj, name) <= 1.0:
+            raise ValueError(f"{name} must be in [0, 1], got {getattr(obj, name)}")
+
+
+def check_positive(obj, *names) -> None:
+    """For __post_init__: each named field of `obj` is > 0."""
+    for name in names:
+        if not getattr(obj, name) > 0:
+            raise ValueError(f"{name} must be > 0, got {getattr(obj, name)}")
+
+
+def check_non_negative(obj, *names) -> None:
+    """For __post_init__: each named field of `obj` is >= 0."""
+    for name in names:
+        if not getattr(obj, name) >= 0:
+            raise ValueError(f"{name} must be >= 0, got {getattr(obj, name)}")

@@ -50,9 +50,10 @@ def _host(value, dtype) -> np.ndarray:
     return np.ascontiguousarray(array, dtype=dtype)
 
 
-def _cpu_target(out: torch.Tensor) -> tuple[np.ndarray, bool, torch.Tensor | None]:
-    """A numpy view the twin can write (float32/uint8), its layout, and a staging tensor if the
-    output dtype needs a conversion afterwards (bfloat16/float16: torch rounds to nearest even)."""
+def _draw_on_cpu(out: torch.Tensor, draw) -> Rendered:
+    """Run the twin, `draw(view, channels_last) -> skipped`, on a numpy view it can write
+    (float32/uint8); bfloat16/float16 outputs are drawn in float32 and then converted by torch,
+    which rounds to nearest even."""
     if out.device.type != "cpu":
         raise ValueError(f"out is on {out.device} but the inputs are on the CPU")
     channels_last = not out.is_contiguous() and out.is_contiguous(memory_format=torch.channels_last)
@@ -61,7 +62,10 @@ def _cpu_target(out: torch.Tensor) -> tuple[np.ndarray, bool, torch.Tensor | Non
     stage = None if out.dtype in (torch.float32, torch.uint8) else torch.empty_like(out, dtype=torch.float32)
     target = out if stage is None else stage
     view = target.permute(0, 2, 3, 1) if channels_last else target
-    return view.numpy(), channels_last, stage
+    n = draw(view.numpy(), channels_last)
+    if stage is not None:
+        out.copy_(stage)
+    return Rendered(out, torch.tensor(n, dtype=torch.int64))
 
 
 def render_events(batch: dict, cfg: RenderConfig, out: torch.Tensor | None = None, *, seed: int = 0,
@@ -81,12 +85,9 @@ def render_events(batch: dict, cfg: RenderConfig, out: torch.Tensor | None = Non
         return Rendered(out, skipped[0])
     types, features, counts = _host(types, np.int8), _host(features, np.float32), _host(counts, np.int32)
     out = _allocate(out, types.shape[0], cfg, dtype, channels_last, torch.device("cpu"))
-    view, layout, stage = _cpu_target(out)
-    n = cpu.render_events(types, features, counts, params, view, seed=seed, index_offset=index_offset,
-                          augment=augment, channels_last=layout, threads=threads)
-    if stage is not None:
-        out.copy_(stage)
-    return Rendered(out, torch.tensor(n, dtype=torch.int64))
+    return _draw_on_cpu(out, lambda view, layout: cpu.render_events(
+        types, features, counts, params, view, seed=seed, index_offset=index_offset, augment=augment,
+        channels_last=layout, threads=threads))
 
 
 def render_jets(batch: dict, cfg: RenderConfig, out: torch.Tensor | None = None, *,
@@ -104,8 +105,5 @@ def render_jets(batch: dict, cfg: RenderConfig, out: torch.Tensor | None = None,
         return Rendered(out, skipped[0])
     cons, counts, fatjet = _host(cons, np.float32), _host(counts, np.int32), _host(fatjet, np.float32)
     out = _allocate(out, cons.shape[0], cfg, dtype, False, torch.device("cpu"))
-    view, _, stage = _cpu_target(out)
-    n = cpu.render_jets(cons, counts, fatjet, params, view, threads=threads)
-    if stage is not None:
-        out.copy_(stage)
-    return Rendered(out, torch.tensor(n, dtype=torch.int64))
+    return _draw_on_cpu(out, lambda view, _: cpu.render_jets(cons, counts, fatjet, params, view,
+                                                             threads=threads))

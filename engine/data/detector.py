@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 import awkward as ak
 import numpy as np
 
+from engine.config import check_fraction, check_non_negative, check_positive
+
 NEUTRINOS = (12, 14, 16)
 
 
@@ -46,9 +48,9 @@ class LeptonConfig:
     muon_pt_resolution: float = 0.015
 
     def __post_init__(self):
-        _check_fraction(self, "electron_efficiency", "muon_efficiency")
-        _check_positive(self, "isolation_cone", "isolation_max", "abs_eta_max")
-        _check_non_negative(self, "pt_min_gev", "electron_pt_resolution", "muon_pt_resolution")
+        check_fraction(self, "electron_efficiency", "muon_efficiency")
+        check_positive(self, "isolation_cone", "isolation_max", "abs_eta_max")
+        check_non_negative(self, "pt_min_gev", "electron_pt_resolution", "muon_pt_resolution")
 
 
 @dataclass(frozen=True)
@@ -65,8 +67,8 @@ class JetConfig:
     constant: float = 0.05
 
     def __post_init__(self):
-        _check_positive(self, "radius", "abs_eta_max")
-        _check_non_negative(self, "pt_min_gev", "stochastic", "constant")
+        check_positive(self, "radius", "abs_eta_max")
+        check_non_negative(self, "pt_min_gev", "stochastic", "constant")
 
 
 @dataclass(frozen=True)
@@ -83,8 +85,8 @@ class BTagConfig:
     """Toy discriminant shape: tagged jets pile up towards 1, untagged ones towards 0."""
 
     def __post_init__(self):
-        _check_fraction(self, "working_point", "b_efficiency", "c_mistag", "light_mistag")
-        _check_positive(self, "match_dr", "shape")
+        check_fraction(self, "working_point", "b_efficiency", "c_mistag", "light_mistag")
+        check_positive(self, "match_dr", "shape")
 
 
 @dataclass(frozen=True)
@@ -95,7 +97,7 @@ class MetConfig:
     """Each MET component is smeared by resolution * sqrt(sum ET / GeV) GeV."""
 
     def __post_init__(self):
-        _check_non_negative(self, "resolution")
+        check_non_negative(self, "resolution")
 
 
 @dataclass(frozen=True)
@@ -109,8 +111,8 @@ class FatJetConfig:
     """hbb jets: the Higgs and both b quarks within this dR of the jet axis."""
 
     def __post_init__(self):
-        _check_positive(self, "radius", "match_dr")
-        _check_non_negative(self, "pt_min_gev")
+        check_positive(self, "radius", "match_dr")
+        check_non_negative(self, "pt_min_gev")
 
 
 @dataclass(frozen=True)
@@ -122,24 +124,6 @@ class DetectorConfig:
     btag: BTagConfig = field(default_factory=BTagConfig)
     met: MetConfig = field(default_factory=MetConfig)
     fatjets: FatJetConfig = field(default_factory=FatJetConfig)
-
-
-def _check_fraction(obj, *names):
-    for name in names:
-        if not 0.0 <= getattr(obj, name) <= 1.0:
-            raise ValueError(f"{name} must be in [0, 1], got {getattr(obj, name)}")
-
-
-def _check_positive(obj, *names):
-    for name in names:
-        if not getattr(obj, name) > 0:
-            raise ValueError(f"{name} must be > 0, got {getattr(obj, name)}")
-
-
-def _check_non_negative(obj, *names):
-    for name in names:
-        if not getattr(obj, name) >= 0:
-            raise ValueError(f"{name} must be >= 0, got {getattr(obj, name)}")
 
 
 # ---------------------------------------------------------------- kinematics

@@ -17,7 +17,7 @@ from pathlib import Path
 import awkward as ak
 import numpy as np
 
-from engine.config import from_dict, load_yaml
+from engine.config import check_non_negative, from_dict, load_yaml
 from engine.errors import InputError
 
 
@@ -43,10 +43,8 @@ class SelectionConfig:
     def __post_init__(self):
         if self.n_leptons_max != -1 and self.n_leptons_max < self.n_leptons_min:
             raise ValueError("n_leptons_max must be -1 or at least n_leptons_min")
-        for name in ("lepton_pt_min_gev", "jet_pt_min_gev", "fatjet_pt_min_gev",
-                     "lepton_abs_eta_max", "jet_abs_eta_max", "fatjet_abs_eta_max"):
-            if not getattr(self, name) >= 0:
-                raise ValueError(f"{name} must be >= 0")
+        check_non_negative(self, "lepton_pt_min_gev", "jet_pt_min_gev", "fatjet_pt_min_gev",
+                           "lepton_abs_eta_max", "jet_abs_eta_max", "fatjet_abs_eta_max")
 
 
 PRESETS = {
