@@ -1,6 +1,6 @@
 """End to end: the same events, the same model, four ways of feeding it a training step.
 
-    python benchmarks/pipelines.py [--quick | --tiny] [--parquet DIR] [--models M,...] --out FILE.json
+    python benchmarks/pipelines.py [--quick | --tiny] [--parquet DIR | --synthetic] [--models M,...] --out FILE.json
 
   onthefly  event shards -> engine loader (W workers) -> engine renderer (CUDA kernel on a GPU, the CPU
             twin otherwise) -> model
@@ -20,7 +20,8 @@ Models: small_cnn at 64 px (the loader matters most) and ResNet50 at 224 px (bf1
 GPU); without a GPU only small_cnn runs unless --models says otherwise, and in its narrow variant
 (widths 8-16-32-64: ~2,500 training images/s on 2 cores instead of ~300), so that there too the
 model leaves the loader something to matter for; `params` name the widths. Events: --parquet, else
-Pythia 8 ttbar / W+jets / Drell-Yan (`python -m engine generate`; synthetic events with --tiny).
+Pythia 8 ttbar / W+jets / Drell-Yan (`python -m engine generate`; synthetic events with --tiny or
+--synthetic, for a machine without Pythia: the rates depend on the event sizes, not on the physics).
 
 Records: pipeline_images_per_s {pipeline, model, workers, ...}; onthefly_over_png, onthefly_over_dali,
 onthefly_over_bound per worker count and at each pipeline's best ("workers": "best");
@@ -346,7 +347,10 @@ def parse_args(argv):
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true", help="small sizes, few steps (a few minutes on 2 cores)")
     mode.add_argument("--tiny", action="store_true", help="synthetic events, tiny images (tests)")
-    parser.add_argument("--parquet", type=Path, help="canonical event Parquet files (default: generate)")
+    events = parser.add_mutually_exclusive_group()
+    events.add_argument("--parquet", type=Path, help="canonical event Parquet files (default: generate)")
+    events.add_argument("--synthetic", action="store_true",
+                        help="synthetic events (engine.data.synthetic) instead of generating with Pythia")
     parser.add_argument("--models", help="comma-separated: small_cnn, resnet50 (default: both on a GPU, "
                                          "small_cnn without one)")
     parser.add_argument("--workers", help="comma-separated loader worker counts to scan")
@@ -386,7 +390,7 @@ def run(args, size: Size, tmp: Path) -> tuple[list[dict], list[dict]]:
     skips += device_skips(gpu)
     workers = tuple(int(w) for w in args.workers.split(",")) if args.workers else size.workers
     per_class = max(size.per_class, size.gpu_per_class * gpu)
-    parquet = args.parquet or image_sets.make_events(tmp, per_class, size.synthetic)
+    parquet = args.parquet or image_sets.make_events(tmp, per_class, size.synthetic or args.synthetic)
     root, shard_s = image_sets.write_event_shards(parquet, tmp / "shards")
     manifest = json.loads((root / "manifest.json").read_text())
     shard_bytes, shard_events = image_sets.split_bytes(root)

@@ -16,6 +16,8 @@ TARGETS = (
     ("GPU tests (`pytest -m gpu`) failing", "0", lambda v: v == 0, {"name": "gpu_tests_failed"}, "gpu"),
     ("gpu_fraction_of_copy_bandwidth, 224 px bf16, batch 1024", ">= 0.5", lambda v: v >= 0.5,
      {"name": "gpu_fraction_of_copy_bandwidth", "dtype": "bfloat16", "batch": 1024}, "gpu"),
+    ("trainer on the GPU (bf16, CUDA-drawn images): killed and resumed, weights bit-identical", "1",
+     lambda v: v == 1, {"name": "train_gpu_resume_identical"}, "gpu"),
     ("cpu_images_per_s_per_core, 224 px RGB uint8 (CPU twin)", ">= 20,000", lambda v: v >= 20000,
      {"name": "cpu_images_per_s_per_core"}, "any"),
     ("onthefly_over_bound, ResNet50 224 px bf16, one GPU, 1 loader worker", ">= 0.97", lambda v: v >= 0.97,

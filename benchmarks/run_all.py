@@ -1,11 +1,14 @@
 """Run every benchmark, then write one report: records, machine, markdown tables and plots.
 
-    python benchmarks/run_all.py [--quick | --tiny] [--only NAME,...] [--out DIR]
+    python benchmarks/run_all.py [--quick | --tiny | --gpu-proof] [--only NAME,...] [--out DIR]
 
-Runs benchmarks/{gpu_tests,generate,convert,loader,render,train,pipelines}.py (train.py when
-present; gpu_tests.py runs `pytest -m gpu` and records its outcome, or says there is no GPU), each
-as its own process with `--quick` passed through (`--tiny`: the smallest sizes, for tests) and its
-records in DIR/NAME.json. Then writes
+Runs benchmarks/{gpu_tests,generate,convert,loader,render,train,pipelines,train_gpu}.py (train.py
+when present; gpu_tests.py runs `pytest -m gpu` and records its outcome, or says there is no GPU;
+train_gpu.py trains on the GPU, or says there is none), each as its own process with `--quick`
+passed through (`--tiny`: the smallest sizes, for tests) and its records in DIR/NAME.json.
+`--gpu-proof` runs only what a GPU machine must prove, sized to end within about 7 minutes:
+GPU_PROOF lists the benchmarks, their arguments and time limits (benchmarks/gpu_proof.sh wraps it).
+Then writes
   DIR/records.json   every record, with the benchmark it came from
   DIR/skipped.json   rows that could not be measured, and why
   DIR/status.json    per benchmark: exit code, seconds, records, log file
@@ -29,13 +32,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import report  # noqa: E402
 from benchmarks.common import ROOT, default_results_dir, machine_info, skipped_path  # noqa: E402
 
-BENCHMARKS = ("gpu_tests", "generate", "convert", "loader", "render", "train", "pipelines")
+BENCHMARKS = ("gpu_tests", "generate", "convert", "loader", "render", "train", "pipelines", "train_gpu")
 OPTIONAL = ("train",)                 # run when the script exists
 TINY_FLAG = {"pipelines": "--tiny"}   # benchmarks with sizes below --quick
+# --gpu-proof: benchmark -> (arguments, time limit in seconds); the limits add up to 7 minutes
+GPU_PROOF = {
+    "gpu_tests": ([], 120),
+    "render": ([], 60),
+    "pipelines": (["--quick", "--synthetic", "--models", "resnet50,small_cnn", "--workers", "1"], 150),
+    "train_gpu": ([], 90),
+}
 
 
 def bench_command(script: Path, mode: str, out: Path) -> list[str]:
-    flags = {"full": [], "quick": ["--quick"], "tiny": [TINY_FLAG.get(script.stem, "--quick")]}[mode]
+    if mode == "gpu-proof":
+        flags = GPU_PROOF[script.stem][0]
+    else:
+        flags = {"full": [], "quick": ["--quick"], "tiny": [TINY_FLAG.get(script.stem, "--quick")]}[mode]
     return [sys.executable, str(script), *flags, "--out", str(out)]
 
 
@@ -130,6 +143,8 @@ def parse_args(argv):
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true", help="small sizes: under 5 minutes on 2 CPU cores")
     mode.add_argument("--tiny", action="store_true", help="smallest sizes (tests): only checks that all runs")
+    mode.add_argument("--gpu-proof", action="store_true",
+                      help=f"on a GPU machine: {', '.join(GPU_PROOF)} at the sizes of GPU_PROOF (~7 minutes)")
     parser.add_argument("--out", type=Path, help="output folder (default benchmarks/results/<machine>-<date>)")
     parser.add_argument("--only", help=f"comma-separated subset of: {', '.join(BENCHMARKS)}")
     parser.add_argument("--timeout", type=float, default=None,
@@ -141,9 +156,12 @@ def parse_args(argv):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    mode = "tiny" if args.tiny else "quick" if args.quick else "full"
-    names = [n.strip() for n in args.only.split(",")] if args.only else list(BENCHMARKS)
+    mode = "gpu-proof" if args.gpu_proof else "tiny" if args.tiny else "quick" if args.quick else "full"
+    default_names = list(GPU_PROOF) if args.gpu_proof else list(BENCHMARKS)
+    names = [n.strip() for n in args.only.split(",")] if args.only else default_names
     unknown = [n for n in names if not (args.bench_dir / f"{n}.py").exists() and n not in BENCHMARKS]
+    if args.gpu_proof:
+        unknown += [n for n in names if n not in GPU_PROOF and n not in unknown]
     if unknown:
         print(f"error: --only: unknown benchmark(s) {', '.join(unknown)}", file=sys.stderr)
         return 2
@@ -151,7 +169,8 @@ def main(argv=None) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     timeout = args.timeout or (600.0 if mode != "full" else 7200.0)
     start = time.perf_counter()
-    statuses = [run_one(name, args.bench_dir, out_dir, mode, timeout) for name in names]
+    statuses = [run_one(name, args.bench_dir, out_dir, mode, GPU_PROOF[name][1] if args.gpu_proof else timeout)
+                for name in names]
     wall = time.perf_counter() - start
     if args.only:
         statuses, wall = merge_previous(out_dir, statuses, mode, wall)

@@ -73,7 +73,10 @@ def test_launch_follows_torch_current_stream():
     assert torch.equal(result.cpu(), want)
 
 
-def test_compute_sanitizer_is_clean(tmp_path):
+@pytest.mark.parametrize("check", ["memcheck", "racecheck"])
+def test_compute_sanitizer_is_clean(tmp_path, check):
+    """memcheck: no out-of-bounds access on bad input; racecheck: the block's shared memory is
+    synchronised (both kernels, every image dtype that takes another store path)."""
     tool = shutil.which("compute-sanitizer")
     if tool is None:
         pytest.skip("compute-sanitizer not on PATH")
@@ -90,7 +93,7 @@ def test_compute_sanitizer_is_clean(tmp_path):
         "j = {k: torch.from_numpy(v).cuda() for k, v in jets(4, 300).items()}\n"
         "render_jets(j, preset('jet', 32))\n"
         "torch.cuda.synchronize()\n")
-    result = subprocess.run([tool, "--tool", "memcheck", "--error-exitcode", "9", sys.executable, "-c", script],
+    result = subprocess.run([tool, "--tool", check, "--error-exitcode", "9", sys.executable, "-c", script],
                             capture_output=True, text=True, timeout=600,
                             cwd=Path(__file__).resolve().parents[1])
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
