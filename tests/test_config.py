@@ -139,3 +139,74 @@ def test_a_written_config_loads_again_with_train_overrides(tmp_path):
     assert load_config(path, ["train.batch_size=32"]).loader.batch_size == 32   # its loader copy follows
     with pytest.raises(InputError, match="^loader.batch_size: 64 disagrees with train.batch_size 32"):
         load_config(path, ["train.batch_size=32", "loader.batch_size=64"])   # set explicitly: checked
+
+
+@pytest.fixture(scope="module")
+def event_shards(tmp_path_factory):
+    from tests.events import synthetic_shards
+    return synthetic_shards(tmp_path_factory.mktemp("config_events"), 10, seed=0, events_per_member=16)
+
+
+@pytest.fixture(scope="module")
+def fatjet_shards(tmp_path_factory):
+    from tests.events import synthetic_shards
+    return synthetic_shards(tmp_path_factory.mktemp("config_fatjets"), 10, seed=0, kind="fatjets",
+                            events_per_member=16)
+
+
+def _check(shards, *overrides):
+    from engine.training.config import check_inputs, load_config
+    return check_inputs(load_config(None, [f"data.shards={shards}", *overrides]))
+
+
+@pytest.mark.parametrize("kind, overrides, message", [
+    ("events", ["data.signal=higgs"], "^data.signal: 'higgs' is not among the classes of .* \\(known: dy, ttbar, wjets\\)$"),
+    ("events", ["data.signal=ttbr"], "^data.signal: 'ttbr' is not among .*; did you mean `ttbar`\\?$"),
+    ("fatjets", ["data.signal=ttbar"], "^data.signal: 'ttbar' is not among .* \\(known: qcd, top\\)$"),
+    ("fatjets", ["model.name=deepsets"], "^model.name: deepsets reads objects .* holds fatjets; set model.options.inputs: constituents$"),
+    ("fatjets", ["model.name=set_transformer"], "^model.name: set_transformer reads objects"),
+    ("fatjets", ["model.name=ffn"], "^model.name: ffn reads objects"),
+    ("fatjets", ["model.name=gbt"], "^model.name: gbt reads objects .* holds fatjets$"),
+    ("events", ["model.name=deepsets", "model.options.inputs=constituents"],
+     "^model.options.inputs: deepsets reads constituents .* holds events; set model.options.inputs: objects$"),
+    ("fatjets", ["model.name=small_cnn"], "^render.preset: 'madrazo2017' draws event images, but .* holds fatjets \\(presets for fatjets: jet\\)$"),
+    ("events", ["model.name=cvn", "render.preset=jet"], "^render.preset: 'jet' draws jet images, but .* holds events \\(presets for events: madrazo2017, ochoa2023, channels\\)$"),
+    ("events", ["model.name=resnet51"], "^model.name: unknown model 'resnet51'"),
+    ("events", ["model.name=set_transformer", "model.options.dimm=8"],
+     "^model.options.dimm: model 'set_transformer' has no option 'dimm'; did you mean `model.options.dim`\\?"),
+    ("events", ["model.name=set_transformer", "model.options.dim=eight"], "^model.options.dim: expected int"),
+    ("events", ["model.name=gbt", "model.options.max_iters=3"], "^model.options.max_iters: not an option of gbt.*did you mean `model.options.max_iter`"),
+    ("events", ["model.name=gbt", "model.options.random_state=3"], "^model.options.random_state: not an option of gbt .*the seed is train.seed"),
+])
+def test_config_is_checked_against_the_shards(event_shards, fatjet_shards, kind, overrides, message):
+    shards = event_shards if kind == "events" else fatjet_shards
+    with pytest.raises(InputError, match=message):
+        _check(shards, *overrides)
+
+
+@pytest.mark.parametrize("kind, overrides", [
+    ("events", ["data.signal=ttbar"]),
+    ("events", ["model.name=small_cnn", "render.preset=channels"]),
+    ("events", ["model.name=deepsets", "render.preset=jet"]),      # set models draw no images
+    ("events", ["model.name=gbt", "model.options.max_iter=3"]),
+    ("fatjets", ["data.signal=top", "model.name=cvn", "render.preset=jet"]),
+    ("fatjets", ["model.name=deepsets", "model.options.inputs=constituents"]),
+    ("fatjets", ["model.name=ffn", "model.options.inputs=constituents"]),
+])
+def test_configs_that_fit_the_shards_pass(event_shards, fatjet_shards, kind, overrides):
+    shards = event_shards if kind == "events" else fatjet_shards
+    assert _check(shards, *overrides)["kind"] == kind
+
+
+def test_a_config_that_does_not_fit_the_shards_stops_before_any_work(event_shards, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+    out = tmp_path / "out"
+    res = subprocess.run([sys.executable, "-m", "engine.train", f"data.shards={event_shards}", f"output_dir={out}",
+                          "model.name=deepsets", "data.signal=higgs"],
+                         cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert res.stderr.strip().splitlines() == [f"error: data.signal: 'higgs' is not among the classes of "
+                                               f"{event_shards} (known: dy, ttbar, wjets)"]
+    assert not out.exists()
