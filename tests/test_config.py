@@ -105,7 +105,8 @@ def test_value_errors_name_the_full_key(data, message):
     (["model.unfreeze_fraction=1.5"], "^model.unfreeze_fraction: must be in \\[0, 1\\], got 1.5$"),
     (["model.unfreeze_fraction=-0.1"], "^model.unfreeze_fraction: "),
     (["render.preset=madrazo"], "^render.preset: unknown preset 'madrazo'; did you mean `madrazo2017`"),
-    (["render.preset=zzz"], "^render.preset: unknown preset 'zzz' \\(known: channels, jet, madrazo2017, ochoa2023\\)"),
+    (["render.preset=zzz"],
+     "^render.preset: unknown preset 'zzz' \\(known: channels, jet, madrazo2017, ochoa2023\\)"),
     (["render.size_px=0"], "^render.size_px: must be at least 1"),
     (["train.lr=0"], "^train.lr: must be positive, got 0.0$"),
     (["train.epochs=0"], "^train.epochs: must be at least 1, got 0$"),
@@ -160,23 +161,30 @@ def _check(shards, *overrides):
 
 
 @pytest.mark.parametrize("kind, overrides, message", [
-    ("events", ["data.signal=higgs"], "^data.signal: 'higgs' is not among the classes of .* \\(known: dy, ttbar, wjets\\)$"),
+    ("events", ["data.signal=higgs"],
+     "^data.signal: 'higgs' is not among the classes of .* \\(known: dy, ttbar, wjets\\)$"),
     ("events", ["data.signal=ttbr"], "^data.signal: 'ttbr' is not among .*; did you mean `ttbar`\\?$"),
     ("fatjets", ["data.signal=ttbar"], "^data.signal: 'ttbar' is not among .* \\(known: qcd, top\\)$"),
-    ("fatjets", ["model.name=deepsets"], "^model.name: deepsets reads objects .* holds fatjets; set model.options.inputs: constituents$"),
+    ("fatjets", ["model.name=deepsets"],
+     "^model.name: deepsets reads objects .* holds fatjets; set model.options.inputs: constituents$"),
     ("fatjets", ["model.name=set_transformer"], "^model.name: set_transformer reads objects"),
     ("fatjets", ["model.name=ffn"], "^model.name: ffn reads objects"),
     ("fatjets", ["model.name=gbt"], "^model.name: gbt reads objects .* holds fatjets$"),
     ("events", ["model.name=deepsets", "model.options.inputs=constituents"],
      "^model.options.inputs: deepsets reads constituents .* holds events; set model.options.inputs: objects$"),
-    ("fatjets", ["model.name=small_cnn"], "^render.preset: 'madrazo2017' draws event images, but .* holds fatjets \\(presets for fatjets: jet\\)$"),
-    ("events", ["model.name=cvn", "render.preset=jet"], "^render.preset: 'jet' draws jet images, but .* holds events \\(presets for events: madrazo2017, ochoa2023, channels\\)$"),
+    ("fatjets", ["model.name=small_cnn"],
+     "^render.preset: 'madrazo2017' draws event images, but .* holds fatjets \\(presets for fatjets: jet\\)$"),
+    ("events", ["model.name=cvn", "render.preset=jet"],
+     "^render.preset: 'jet' draws jet images, but .* holds events \\(presets for events: madrazo2017, ochoa2023, "
+     "channels\\)$"),
     ("events", ["model.name=resnet51"], "^model.name: unknown model 'resnet51'"),
     ("events", ["model.name=set_transformer", "model.options.dimm=8"],
      "^model.options.dimm: model 'set_transformer' has no option 'dimm'; did you mean `model.options.dim`\\?"),
     ("events", ["model.name=set_transformer", "model.options.dim=eight"], "^model.options.dim: expected int"),
-    ("events", ["model.name=gbt", "model.options.max_iters=3"], "^model.options.max_iters: not an option of gbt.*did you mean `model.options.max_iter`"),
-    ("events", ["model.name=gbt", "model.options.random_state=3"], "^model.options.random_state: not an option of gbt .*the seed is train.seed"),
+    ("events", ["model.name=gbt", "model.options.max_iters=3"],
+     "^model.options.max_iters: not an option of gbt.*did you mean `model.options.max_iter`"),
+    ("events", ["model.name=gbt", "model.options.random_state=3"],
+     "^model.options.random_state: not an option of gbt .*the seed is train.seed"),
 ])
 def test_config_is_checked_against_the_shards(event_shards, fatjet_shards, kind, overrides, message):
     shards = event_shards if kind == "events" else fatjet_shards
@@ -203,8 +211,8 @@ def test_a_config_that_does_not_fit_the_shards_stops_before_any_work(event_shard
     import sys
     from pathlib import Path
     out = tmp_path / "out"
-    res = subprocess.run([sys.executable, "-m", "engine.train", f"data.shards={event_shards}", f"output_dir={out}",
-                          "model.name=deepsets", "data.signal=higgs"],
+    res = subprocess.run([sys.executable, "-m", "engine.train", f"data.shards={event_shards}",
+                          f"output_dir={out}", "model.name=deepsets", "data.signal=higgs"],
                          cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=120)
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert res.stderr.strip().splitlines() == [f"error: data.signal: 'higgs' is not among the classes of "

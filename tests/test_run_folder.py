@@ -93,9 +93,11 @@ def test_resume_with_changes_records_them_and_they_become_the_run_config(shards,
     with pytest.raises(InputError, match="train.lr 0.0001 -> 0.001"):
         guard_run_folder(config(shards, out))                    # the old config is now the change
     fake_checkpoint(out, 4)
-    assert guard_run_folder(config(shards, out, "train.lr=1e-4", "train.epochs=3"), allow_changes=True) == "changed"
+    more = config(shards, out, "train.lr=1e-4", "train.epochs=3")
+    assert guard_run_folder(more, allow_changes=True) == "changed"
     records = yaml.safe_load((out / CHANGES).read_text())
-    assert [r["step"] for r in records] == [2, 4] and records[1]["changes"] == {"train.epochs": {"old": 1, "new": 3}}
+    assert [r["step"] for r in records] == [2, 4]
+    assert records[1]["changes"] == {"train.epochs": {"old": 1, "new": 3}}
     assert run_config(out)["train.lr"] == 0.0001 and run_config(out)["train.epochs"] == 3
 
 
@@ -134,7 +136,8 @@ def test_another_architecture_is_refused_even_with_changes_allowed(shards, tmp_p
     assert len(yaml.safe_load((out / CHANGES).read_text())) == 1
 
 
-@pytest.mark.parametrize("text, problem", [("train: [1, 2\n", "unreadable"), ("- a\n- b\n", "expected a YAML mapping")])
+@pytest.mark.parametrize("text, problem", [("train: [1, 2\n", "unreadable"),
+                                           ("- a\n- b\n", "expected a YAML mapping")])
 def test_a_damaged_config_yaml_is_a_clear_error(shards, tmp_path, text, problem):
     out = tmp_path / "run"
     out.mkdir()
@@ -173,7 +176,8 @@ def test_cli_refuses_another_config_and_resumes_with_changes_recorded(shards, tm
     assert not (out / CHANGES).exists()
     _train(*base, "train.lr=1e-4", "train.epochs=2", "train.max_steps=3", "--resume-with-changes")
     records = yaml.safe_load((out / CHANGES).read_text())
-    assert records == [{"step": 2, "changes": {"train.epochs": {"old": 1, "new": 2}, "train.lr": {"old": 0.001, "new": 0.0001},
+    assert records == [{"step": 2, "changes": {"train.epochs": {"old": 1, "new": 2},
+                                               "train.lr": {"old": 0.001, "new": 0.0001},
                                                "train.max_steps": {"old": 2, "new": 3}}}]
     assert json.loads((out / "run.json").read_text())["steps"] == 3
 

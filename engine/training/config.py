@@ -194,8 +194,8 @@ def model_input_kind(model: ModelConfig) -> str:
     known = HistGradientBoostingClassifier().get_params()
     for key in model.options:
         if key not in known or key == "random_state":
-            raise InputError(f"model.options.{key}", "not an option of gbt (HistGradientBoostingClassifier; "
-                                                     f"the seed is train.seed){suggest(key, known, 'model.options')}")
+            raise InputError(f"model.options.{key}", "not an option of gbt (HistGradientBoostingClassifier; the "
+                                                     f"seed is train.seed){suggest(key, known, 'model.options')}")
     return "objects"
 
 

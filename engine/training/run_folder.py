@@ -137,7 +137,8 @@ def _is_fixed(key: str) -> bool:
 
 def _has_trained(folder: Path) -> bool:
     """A checkpoint or a trained model is there."""
-    return latest_checkpoint(folder) is not None or any((folder / n).is_file() for n in ("model.safetensors", "gbt.pkl"))
+    trained = ("model.safetensors", "gbt.pkl")
+    return latest_checkpoint(folder) is not None or any((folder / name).is_file() for name in trained)
 
 
 def _holds_a_run(folder: Path) -> bool:
@@ -157,7 +158,8 @@ def _read_yaml(path: Path, kind: type):
     except (OSError, yaml.YAMLError) as exc:
         raise InputError(path, f"unreadable ({exc.__class__.__name__}); the run folder is damaged") from None
     if not isinstance(data, kind):
-        raise InputError(path, f"expected a YAML {'mapping' if kind is dict else 'list'}; the run folder is damaged")
+        what = "mapping" if kind is dict else "list"
+        raise InputError(path, f"expected a YAML {what}; the run folder is damaged")
     return data
 
 
