@@ -118,6 +118,8 @@ def test_a_run_without_any_config_is_not_reused_silently(shards, tmp_path):
         guard_run_folder(config(shards, out))
     assert not (out / "config.yaml").exists()
     assert guard_run_folder(config(shards, out), allow_changes=True) == "fresh"
+    assert yaml.safe_load((out / CHANGES).read_text()) == [
+        {"step": 2, "changes": {}, "note": "the folder held a run without a config"}]
     assert guard_run_folder(config(shards, out)) == "same"
     other = tmp_path / "unrelated"
     other.mkdir()

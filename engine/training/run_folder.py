@@ -47,10 +47,13 @@ def guard_run_folder(cfg, allow_changes: bool = False) -> str:
     new = resolved_config(cfg)
     old = run_config(folder)
     if old is None:
-        if _holds_a_run(folder) and not allow_changes:
+        unknown = _holds_a_run(folder)
+        if unknown and not allow_changes:
             raise InputError(folder, "holds a run without a config.yaml, so it cannot be checked to be the same "
                                      "run; choose another output_dir (or pass --resume-with-changes)")
         if _is_main_process():
+            if unknown:
+                record_changes(folder, {}, note="the folder held a run without a config")
             with atomic_path(folder / CONFIG) as tmp:
                 tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
         return "fresh"
@@ -105,11 +108,12 @@ def differences(old: dict, new: dict) -> dict[str, dict]:
     return changes
 
 
-def record_changes(folder: Path, changes: dict[str, dict]) -> None:
-    """Append {step, changes} to OUTPUT_DIR/config_changes.yaml (rewritten atomically)."""
+def record_changes(folder: Path, changes: dict[str, dict], note: str | None = None) -> None:
+    """Append {step, changes[, note]} to OUTPUT_DIR/config_changes.yaml (rewritten atomically);
+    `step` is that of the newest checkpoint (0 without one)."""
     path = folder / CHANGES
     records = _read_yaml(path, list) if path.is_file() else []
-    records.append({"step": _newest_step(folder), "changes": changes})
+    records.append({"step": _newest_step(folder), "changes": changes, **({"note": note} if note else {})})
     with atomic_path(path) as tmp:
         tmp.write_text(yaml.safe_dump(records, sort_keys=False))
 
