@@ -59,7 +59,7 @@ def from_dict(cls: type[T], data: dict | None, where: str = "") -> T:
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise unknown_key(_key(where, unknown[0]), fields, where)
+        raise _unknown_key(_key(where, unknown[0]), fields, where)
     kwargs = {name: _coerce(hints[name], value, _key(where, name)) for name, value in data.items()}
     try:
         return cls(**kwargs)
@@ -69,10 +69,10 @@ def from_dict(cls: type[T], data: dict | None, where: str = "") -> T:
         raise _value_error(str(exc), fields, where, cls.__name__) from None
 
 
-def unknown_key(key: str, known, where: str = "", what: str = "key") -> InputError:
+def _unknown_key(key: str, known, where: str) -> InputError:
     """InputError for unknown `key` (full dotted name) suggesting the closest of `known` (names
     inside section `where`: `did you mean `train.epochs`?`), or listing them all when none is close."""
-    return InputError(key, f"unknown {what}{suggest(key.rsplit('.', 1)[-1], known, where)}")
+    return InputError(key, f"unknown key{suggest(key.rsplit('.', 1)[-1], known, where)}")
 
 
 def suggest(name: str, known, where: str = "") -> str:
@@ -89,11 +89,9 @@ def _value_error(message: str, fields, where: str, section: str) -> InputError:
     """A plain ValueError from `__post_init__`: a message starting with a field's name (`lr must
     be > 0`, or `train.lr must be > 0` in section train) names that field's full key; any other
     message is put under the section's name."""
-    for prefix in (f"{where}." if where else None, ""):
-        if prefix is None or not message.startswith(prefix):
-            continue
+    for prefix in ([f"{where}.", ""] if where else [""]):
         head, _, rest = message.removeprefix(prefix).partition(" ")
-        if head.rstrip(":") in fields and rest:
+        if message.startswith(prefix) and head.rstrip(":") in fields and rest:
             return InputError(_key(where, head.rstrip(":")), rest)
     return InputError(where or section, message)
 

@@ -149,6 +149,15 @@ def test_a_damaged_config_yaml_is_a_clear_error(shards, tmp_path, text, problem)
     assert (out / "config.yaml").read_text() == text
 
 
+def test_a_damaged_change_record_is_a_clear_error(shards, tmp_path):
+    out = tmp_path / "run"
+    guard_run_folder(config(shards, out))
+    (out / CHANGES).write_text("step: 2\n")
+    with pytest.raises(InputError, match=f"{CHANGES}: expected a YAML list; the run folder is damaged"):
+        guard_run_folder(config(shards, out, "train.lr=0.5"), allow_changes=True)
+    assert (out / CHANGES).read_text() == "step: 2\n"
+
+
 def _train(*args, check=True):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     res = subprocess.run([sys.executable, "-m", "engine.train", *map(str, args)], cwd=ROOT, env=env,

@@ -130,7 +130,8 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConf
     copies = _loader_copies_of_train(data)
     data = apply_overrides(data, list(overrides))
     cfg = from_dict(TrainConfig, data)
-    set_by_override = {item.partition("=")[0].removeprefix("loader.") for item in overrides}
+    keys = (item.partition("=")[0] for item in overrides)
+    set_by_override = {key.removeprefix("loader.") for key in keys if key.startswith("loader.")}
     _check_loader_repeats_train(data.get("loader") or {}, cfg, copies - set_by_override)
     return cfg
 
