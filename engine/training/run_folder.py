@@ -1,6 +1,7 @@
 """The run-folder guard: an `output_dir` holds one run, trained with one config.
 
-`guard_run_folder(cfg, allow_changes)` runs before any work and compares the resolved config
+`guard_run_folder(cfg, allow_changes)` runs before any work (`python -m engine.train` calls it, on
+every rank; only rank 0 writes) and compares the resolved config
 (`engine.config.to_dict(cfg)`, as dotted keys: `train.lr`, `model.options.dim`) with the run already
 in the folder:
 
@@ -9,7 +10,8 @@ in the folder:
   same config     resume, or nothing to do for a finished run; nothing is written
   another config  InputError listing the differing keys with old and new values; with
                   `allow_changes` (`--resume-with-changes`) the run goes on and the change is
-                  appended to OUTPUT_DIR/config_changes.yaml with the step of the newest checkpoint
+                  appended to OUTPUT_DIR/config_changes.yaml with the step of the newest checkpoint;
+                  another architecture (`FIXED` keys) after something was trained: always refused
 
 The run's config is OUTPUT_DIR/config.yaml (or, without it, the newest checkpoint's config.yaml)
 with the recorded changes applied in order; config.yaml itself is rewritten only by a run that
