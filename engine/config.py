@@ -1,12 +1,16 @@
 """YAML configuration loaded into nested, validated dataclasses.
 
 `from_dict(cls, data)` builds a dataclass from a mapping: unknown keys and wrong types are
-`InputError`s that name the dotted key (`detector.jet_resolution`), before any work starts.
-Validation of values lives in each dataclass's `__post_init__`.
+`InputError`s that name the dotted key (`detector.jet_resolution`), before any work starts; an
+unknown key suggests the nearest known one ("did you mean `train.epochs`?").
+Validation of values lives in each dataclass's `__post_init__`: it raises `FieldError(field, problem)`
+(or a ValueError whose message starts with the field's name), and `from_dict` turns that into an
+InputError naming the full dotted key (`model.unfreeze_fraction: must be in [0, 1], got 1.5`).
 """
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import re
 import typing
 from pathlib import Path
@@ -18,6 +22,16 @@ from engine.errors import InputError
 
 T = TypeVar("T")
 _FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
+class FieldError(ValueError):
+    """A bad value found by a dataclass's `__post_init__`: `field` is its (dotted) key relative to
+    that dataclass (`lr`, or `render.dtype` for a check across sections), `problem` the rest."""
+
+    def __init__(self, field: str, problem: str):
+        self.field = field
+        self.problem = problem
+        super().__init__(f"{field}: {problem}")
 
 
 def load_yaml(path: str | Path) -> dict:
@@ -45,12 +59,41 @@ def from_dict(cls: type[T], data: dict | None, where: str = "") -> T:
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise InputError(_key(where, unknown[0]), f"unknown key (known: {', '.join(sorted(fields))})")
+        raise _unknown_key(_key(where, unknown[0]), fields, where)
     kwargs = {name: _coerce(hints[name], value, _key(where, name)) for name, value in data.items()}
     try:
         return cls(**kwargs)
+    except FieldError as exc:
+        raise InputError(_key(where, exc.field), exc.problem) from None
     except (ValueError, TypeError) as exc:
-        raise InputError(where or cls.__name__, str(exc)) from None
+        raise _value_error(str(exc), fields, where, cls.__name__) from None
+
+
+def _unknown_key(key: str, known, where: str) -> InputError:
+    """InputError for unknown `key` (full dotted name) suggesting the closest of `known` (names
+    inside section `where`: `did you mean `train.epochs`?`), or listing them all when none is close."""
+    return InputError(key, f"unknown key{suggest(key.rsplit('.', 1)[-1], known, where)}")
+
+
+def suggest(name: str, known, where: str = "") -> str:
+    """`; did you mean `where.closest`?` for the entry of `known` closest to `name` (difflib), or
+    ` (known: a, b, c)` when none is close."""
+    known = sorted(str(k) for k in known)
+    close = difflib.get_close_matches(str(name), known, n=1)
+    if close:
+        return f"; did you mean `{_key(where, close[0])}`?"
+    return f" (known: {', '.join(known) or 'none'})"
+
+
+def _value_error(message: str, fields, where: str, section: str) -> InputError:
+    """A plain ValueError from `__post_init__`: a message starting with a field's name (`lr must
+    be > 0`, or `train.lr must be > 0` in section train) names that field's full key; any other
+    message is put under the section's name."""
+    for prefix in ([f"{where}.", ""] if where else [""]):
+        head, _, rest = message.removeprefix(prefix).partition(" ")
+        if message.startswith(prefix) and head.rstrip(":") in fields and rest:
+            return InputError(_key(where, head.rstrip(":")), rest)
+    return InputError(where or section, message)
 
 
 def to_dict(obj: Any) -> Any:
@@ -130,21 +173,21 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
 
 
 def check_fraction(obj, *names) -> None:
-    """For __post_init__: each named field of `obj` lies in [0, 1] (ValueError naming it otherwise)."""
+    """For __post_init__: each named field of `obj` lies in [0, 1] (FieldError naming it otherwise)."""
     for name in names:
         if not 0.0 <= getattr(obj, name) <= 1.0:
-            raise ValueError(f"{name} must be in [0, 1], got {getattr(obj, name)}")
+            raise FieldError(name, f"must be in [0, 1], got {getattr(obj, name)}")
 
 
 def check_positive(obj, *names) -> None:
     """For __post_init__: each named field of `obj` is > 0."""
     for name in names:
         if not getattr(obj, name) > 0:
-            raise ValueError(f"{name} must be > 0, got {getattr(obj, name)}")
+            raise FieldError(name, f"must be > 0, got {getattr(obj, name)}")
 
 
 def check_non_negative(obj, *names) -> None:
     """For __post_init__: each named field of `obj` is >= 0."""
     for name in names:
         if not getattr(obj, name) >= 0:
-            raise ValueError(f"{name} must be >= 0, got {getattr(obj, name)}")
+            raise FieldError(name, f"must be >= 0, got {getattr(obj, name)}")

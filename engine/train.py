@@ -25,7 +25,8 @@ from engine.config import to_dict
 from engine.errors import EXIT_BAD_INPUT, InputError
 from engine.training.checkpoint import (TrainerState, export_model, latest_checkpoint,
                                         load_checkpoint, save_checkpoint)
-from engine.training.config import TrainConfig, check_paths, load_config
+from engine.training.config import TrainConfig, check_inputs, load_config
+from engine.training.run_folder import guard_run_folder
 from engine.training.logs import RunLog
 
 
@@ -107,6 +108,7 @@ def train(cfg: TrainConfig) -> dict:
     from engine.training.inputs import ModelInputs
     from engine.training.metrics import classification_metrics
 
+    check_inputs(cfg)   # the config against the shards, before any work (main() also guards the run folder)
     # cpu=True without CUDA: `accelerate launch --multi_gpu` then runs its processes over gloo
     # (one DDP group on the CPU) instead of as independent copies of the same job.
     accelerator = Accelerator(mixed_precision=cfg.train.mixed_precision, cpu=not torch.cuda.is_available(),
@@ -250,6 +252,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m engine.train", description=__doc__.splitlines()[0])
     parser.add_argument("--config", help="YAML config (configs/NAME.yaml); defaults are used without one")
     parser.add_argument("overrides", nargs="*", help="section.key=value (value parsed as YAML)")
+    parser.add_argument("--resume-with-changes", action="store_true",
+                        help="go on with a run in output_dir whose config differs from this one "
+                             "(the changes are recorded in output_dir/config_changes.yaml)")
     return parser.parse_args(argv)
 
 
@@ -257,8 +262,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
         cfg = load_config(args.config, args.overrides)
-        check_paths(cfg)
-        if cfg.model.name == "gbt":
+        check_inputs(cfg)
+        status = guard_run_folder(cfg, allow_changes=args.resume_with_changes)
+        if cfg.model.name == "gbt" and status == "same" and (Path(cfg.output_dir) / "gbt.pkl").is_file():
+            print(f"{cfg.output_dir}: already trained with this config; nothing to do")
+        elif cfg.model.name == "gbt":
             from engine.training.gbt import train_gbt
             train_gbt(cfg)
         else:

@@ -63,15 +63,15 @@ def test_registry_lists_every_model_of_the_studies():
 def test_unknown_name_and_option_are_input_errors():
     with pytest.raises(InputError, match="unknown model 'resnet51'.*resnet50.*set_transformer"):
         create_model("resnet51", 3)
-    with pytest.raises(InputError, match="model.widht.*options: .*widths"):
+    with pytest.raises(InputError, match="model.options.widht: .*did you mean `model.options.widths`"):
         create_model("small_cnn", 3, widht=(8,))
-    with pytest.raises(InputError, match="model.inputs"):
+    with pytest.raises(InputError, match="model.options.inputs"):
         create_model("deepsets", 3, inputs="image")
-    with pytest.raises(InputError, match="model.head"):
+    with pytest.raises(InputError, match="model.options.head"):
         create_model("mobilenetv2_100", 3, head="keras")
-    with pytest.raises(InputError, match="model.dim: expected int, got '64'"):
+    with pytest.raises(InputError, match="model.options.dim: expected int, got '64'"):
         create_model("set_transformer", 3, dim="64")
-    with pytest.raises(InputError, match="model.phi_sizes: expected a list of int"):
+    with pytest.raises(InputError, match="model.options.phi_sizes: expected a list of int"):
         create_model("deepsets", 3, phi_sizes=[100, 2.5])
     with pytest.raises(InputError, match="model.num_classes"):
         create_model("deepsets", 1)

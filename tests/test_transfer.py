@@ -166,7 +166,7 @@ def test_freeze_fraction_on_a_timm_model_and_bad_fraction():
     report = freeze(create_model("resnet50", 3), 0.2)
     assert report.layers == 106 and report.unfrozen_layers == 21     # 53 conv + 53 BatchNorm layers
     assert abs(report.unfrozen_fraction - 0.2) < 0.01
-    with pytest.raises(InputError, match="train.unfreeze_fraction"):
+    with pytest.raises(InputError, match="model.unfreeze_fraction"):
         freeze(create_model("deepsets", 3), 1.5)
 
 

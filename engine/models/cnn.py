@@ -77,7 +77,7 @@ class TimmNet(nn.Module):
         import timm  # imported here: creating any other model should not pay timm's import time
 
         if head not in HEADS:
-            raise InputError("model.head", f"unknown head {head!r}; expected one of {', '.join(HEADS)}")
+            raise InputError("model.options.head", f"unknown head {head!r}; expected one of {', '.join(HEADS)}")
         self.arch = arch
         self.body = timm.create_model(arch, pretrained=False, in_chans=in_chans, num_classes=0,
                                       drop_rate=drop_rate)

@@ -6,6 +6,7 @@ and the options before building anything, so a typo in a config names the bad ke
 """
 from __future__ import annotations
 
+import difflib
 import inspect
 import types
 import typing
@@ -77,19 +78,22 @@ def registered_names() -> list[str]:
 
 
 def check_options(entry: ModelEntry, options: dict) -> None:
-    """InputError naming the first option the model does not take, or an invalid input kind."""
+    """InputError naming the first option the model does not take (with the closest one it takes),
+    a value of the wrong type, or an invalid input kind; keys read as in the YAML (`model.options.dim`)."""
     allowed = entry.options()
     for key in options:
         if key not in allowed:
-            raise InputError(f"model.{key}", f"model {entry.name!r} has no option {key!r}; "
-                             f"its options: {', '.join(allowed) or 'none'}")
+            close = difflib.get_close_matches(key, allowed, n=1)
+            hint = f"; did you mean `model.options.{close[0]}`?" if close else ""
+            raise InputError(f"model.options.{key}", f"model {entry.name!r} has no option {key!r}{hint} "
+                             f"(its options: {', '.join(allowed) or 'none'})")
     hints = entry.option_types()
     for key, value in options.items():
         if key in hints and not _matches(value, hints[key]):
-            raise InputError(f"model.{key}", f"expected {_describe(hints[key])}, got {value!r}")
+            raise InputError(f"model.options.{key}", f"expected {_describe(hints[key])}, got {value!r}")
     kind = options.get("inputs", entry.inputs[0])
     if kind not in entry.inputs:
-        raise InputError("model.inputs", f"model {entry.name!r} takes inputs "
+        raise InputError("model.options.inputs", f"model {entry.name!r} takes inputs "
                          f"{' or '.join(entry.inputs)}, not {kind!r}")
 
 

@@ -132,7 +132,7 @@ class DeepSets(SetModel):
     def __init__(self, num_classes: int, inputs: str, phi_sizes, f_sizes, pool: str, dropout: float):
         super().__init__(inputs)
         if pool not in ("sum", "mean"):
-            raise InputError("model.pool", f"deepsets pools by 'sum' or 'mean', not {pool!r}")
+            raise InputError("model.options.pool", f"deepsets pools by 'sum' or 'mean', not {pool!r}")
         self.pool = pool
         self.phi = mlp([self.in_dim, *phi_sizes])
         self.f = mlp([phi_sizes[-1], *f_sizes], dropout)
@@ -166,7 +166,7 @@ class SetTransformer(SetModel):
                  ff_dim: int, dropout: float, pool: str):
         super().__init__(inputs)
         if pool not in ("attention", "mean"):
-            raise InputError("model.pool", f"set_transformer pools by 'attention' or 'mean', not {pool!r}")
+            raise InputError("model.options.pool", f"set_transformer pools by 'attention' or 'mean', not {pool!r}")
         self.embed = nn.Linear(self.in_dim, dim)
         self.blocks = nn.ModuleList(
             nn.TransformerEncoderLayer(dim, heads, ff_dim, dropout, batch_first=True, norm_first=True)

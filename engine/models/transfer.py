@@ -228,7 +228,7 @@ def freeze(model: nn.Module, unfreeze_fraction: float, train_head: bool = True) 
     fraction 0 trains the head alone, as the Durham poster's "0 % unfrozen" did.
     """
     if not 0.0 <= unfreeze_fraction <= 1.0:
-        raise InputError("train.unfreeze_fraction", f"must lie in [0, 1], got {unfreeze_fraction}")
+        raise InputError("model.unfreeze_fraction", f"must lie in [0, 1], got {unfreeze_fraction}")
     head_ids = {id(m) for m in model.head.modules()}
     layers = [m for _, m in parameterised_layers(model) if id(m) not in head_ids]
     n_unfrozen = round(unfreeze_fraction * len(layers))

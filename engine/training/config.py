@@ -7,8 +7,11 @@
     render: {preset, size_px, dtype, augment}
     train:  {epochs, max_steps, batch_size, optimizer, lr, ..., seed, mixed_precision}
 
-Unknown keys and wrong types fail before any work, naming the key (engine.config.from_dict).
-`train.batch_size` is the per-process batch; it is what the loader is built with.
+Unknown keys and wrong types fail before any work, naming the key (engine.config.from_dict);
+values are checked in each section's `__post_init__`. `check_inputs(cfg)` then checks the config
+against the shards (signal class, the model's input kind, the preset's image kind), still before
+any work. `train.batch_size` is the per-process batch and `train.seed` the seed: the loader is built
+with both (`loader.batch_size` / `loader.seed` may only repeat them).
 """
 from __future__ import annotations
 
@@ -16,9 +19,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal, Optional
 
-from engine.config import apply_overrides, from_dict, load_yaml
+from engine.config import FieldError, apply_overrides, check_fraction, from_dict, load_yaml, suggest
 from engine.data.loader import LoaderConfig
 from engine.errors import InputError
+from kernels.presets import PRESETS, preset
 
 
 @dataclass
@@ -33,9 +37,9 @@ class DataConfig:
 
     def __post_init__(self):
         if not self.shards:
-            raise ValueError("data.shards must name a shard folder")
+            raise FieldError("shards", "must name a shard folder")
         if not 0.0 < self.train_fraction <= 1.0:
-            raise ValueError("data.train_fraction must lie in (0, 1]")
+            raise FieldError("train_fraction", f"must lie in (0, 1], got {self.train_fraction}")
 
 
 @dataclass
@@ -53,6 +57,9 @@ class ModelConfig:
     channels_last: bool = True
     compile: bool = False
 
+    def __post_init__(self):
+        check_fraction(self, "unfreeze_fraction")
+
 
 @dataclass
 class RenderSection:
@@ -62,6 +69,12 @@ class RenderSection:
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     augment: bool = True
     """Random phi rotation and eta flip per event (training only)."""
+
+    def __post_init__(self):
+        if self.preset not in PRESETS:
+            raise FieldError("preset", f"unknown preset {self.preset!r}{suggest(self.preset, PRESETS)}")
+        if self.size_px is not None and self.size_px < 1:
+            raise FieldError("size_px", f"must be at least 1 (or null for the preset's), got {self.size_px}")
 
 
 @dataclass
@@ -90,9 +103,9 @@ class TrainSection:
     def __post_init__(self):
         for name in ("epochs", "batch_size", "grad_accum_steps", "log_every_steps", "checkpoint_every_steps"):
             if getattr(self, name) < 1:
-                raise ValueError(f"train.{name} must be at least 1")
+                raise FieldError(name, f"must be at least 1, got {getattr(self, name)}")
         if not self.lr > 0:
-            raise ValueError("train.lr must be positive")
+            raise FieldError("lr", f"must be positive, got {self.lr}")
 
 
 @dataclass
@@ -107,18 +120,99 @@ class TrainConfig:
     def __post_init__(self):
         self.loader = replace(self.loader, batch_size=self.train.batch_size, seed=self.train.seed)
         if self.render.dtype != "float32" and self.train.mixed_precision == "no":
-            raise ValueError(f"render.dtype {self.render.dtype} needs train.mixed_precision bf16 or fp16 "
-                             "(the model's weights are float32)")
+            raise FieldError("render.dtype", f"{self.render.dtype} needs train.mixed_precision bf16 or fp16 "
+                                             "(the model's weights are float32)")
 
 
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConfig:
     """Config file (or the defaults) with `section.key=value` overrides applied."""
     data = load_yaml(path) if path else {}
+    copies = _loader_copies_of_train(data)
     data = apply_overrides(data, list(overrides))
-    return from_dict(TrainConfig, data)
+    cfg = from_dict(TrainConfig, data)
+    keys = (item.partition("=")[0] for item in overrides)
+    set_by_override = {key.removeprefix("loader.") for key in keys if key.startswith("loader.")}
+    _check_loader_repeats_train(data.get("loader") or {}, cfg, copies - set_by_override)
+    return cfg
+
+
+def _loader_copies_of_train(data: dict) -> set[str]:
+    """Loader keys of a file that only repeat its own train values (a resolved config.yaml has them),
+    so that such a file still loads with a `train.batch_size=...` override."""
+    loader, train = data.get("loader"), data.get("train")
+    if not isinstance(loader, dict) or not isinstance(train, dict):
+        return set()
+    return {name for name in ("batch_size", "seed") if name in loader and loader[name] == train.get(name)}
+
+
+def _check_loader_repeats_train(loader: dict, cfg: TrainConfig, copies: set[str]) -> None:
+    """`loader.batch_size` and `loader.seed` come from `train`: set in the YAML, they must agree."""
+    for name in ("batch_size", "seed"):
+        train_value = getattr(cfg.train, name)
+        if name in loader and name not in copies and loader[name] != train_value:
+            raise InputError(f"loader.{name}", f"{loader[name]!r} disagrees with train.{name} {train_value!r} "
+                                               f"(the loader takes it from train.{name}; set that instead)")
 
 
 def check_paths(cfg: TrainConfig) -> None:
     """Fail early on a shard folder that is not there."""
     if not (Path(cfg.data.shards) / "manifest.json").is_file():
         raise InputError(cfg.data.shards, "no manifest.json: not a shard folder (run `python -m engine shard`)")
+
+
+DATASET_OF_INPUT = {"objects": "events", "constituents": "fatjets"}
+"""The shard kind each non-image input kind is read from."""
+IMAGE_OF_DATASET = {"events": "event", "fatjets": "jet"}
+"""The preset kind (kernels.presets.RenderConfig.kind) that draws each shard kind."""
+
+
+def check_inputs(cfg: TrainConfig) -> dict:
+    """Everything that needs the shards, checked before any work: the shard folder, `data.signal`
+    among its classes, the model (name, options) reading this kind of shards, and for image models
+    a preset drawing this kind of image. Returns the manifest; InputErrors name the YAML key."""
+    from engine.data.shards import load_manifest
+    check_paths(cfg)
+    manifest = load_manifest(Path(cfg.data.shards))
+    names, kind = manifest["class_names"], manifest["kind"]
+    if cfg.data.signal is not None and cfg.data.signal not in names:
+        raise InputError("data.signal", f"{cfg.data.signal!r} is not among the classes of {cfg.data.shards}"
+                                        f"{suggest(cfg.data.signal, names)}")
+    input_kind = model_input_kind(cfg.model)
+    if input_kind == "image":
+        _check_preset(cfg.render, kind, cfg.data.shards)
+    elif DATASET_OF_INPUT[input_kind] != kind:
+        raise _wrong_kind(cfg.model, input_kind, kind, cfg.data.shards)
+    return manifest
+
+
+def model_input_kind(model: ModelConfig) -> str:
+    """'image', 'objects' or 'constituents' for the configured model (name and options checked);
+    `gbt` reads the padded objects."""
+    if model.name != "gbt":
+        from engine.models import model_input
+        return model_input(model.name, **model.options)
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    known = HistGradientBoostingClassifier().get_params()
+    for key in model.options:
+        if key not in known or key == "random_state":
+            raise InputError(f"model.options.{key}", "not an option of gbt (HistGradientBoostingClassifier; the "
+                                                     f"seed is train.seed){suggest(key, known, 'model.options')}")
+    return "objects"
+
+
+def _check_preset(render: RenderSection, kind: str, shards: str) -> None:
+    wanted = IMAGE_OF_DATASET[kind]
+    if preset(render.preset).kind != wanted:
+        fitting = [name for name in PRESETS if preset(name).kind == wanted]
+        raise InputError("render.preset", f"{render.preset!r} draws {preset(render.preset).kind} images, but "
+                                          f"{shards} holds {kind} (presets for {kind}: {', '.join(fitting)})")
+
+
+def _wrong_kind(model: ModelConfig, input_kind: str, kind: str, shards: str) -> InputError:
+    from engine.models.registry import get_entry
+    takes = () if model.name == "gbt" else get_entry(model.name).inputs
+    other = next((k for k, d in DATASET_OF_INPUT.items() if d == kind and k in takes), None)
+    hint = f"; set model.options.inputs: {other}" if other else ""
+    key = "model.options.inputs" if "inputs" in model.options else "model.name"
+    return InputError(key, f"{model.name} reads {input_kind} (from {DATASET_OF_INPUT[input_kind]} shards), "
+                           f"but {shards} holds {kind}{hint}")
