@@ -110,12 +110,12 @@ def training_curves(rows: list[dict], path: Path, title: str) -> Path:
     rows = [r for r in rows if "step" in r and "epoch" in r]
     epochs = fractional_epochs(rows)
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
-    for split, style in (("train", "-"), ("val", "o-")):
-        label = "train (logged window)" if split == "train" else "validation"
+    for split, style, colour, label in (("train", "-", "C0", "train (logged window)"),
+                                        ("val", "o-", "C1", "validation (end of epoch)")):
         for ax, key in ((left, "loss"), (right, "accuracy")):
             pts = [(x, r[key]) for x, r in zip(epochs, rows) if r.get("split") == split and key in r]
             if pts:
-                ax.plot(*zip(*pts), style, label=label, ms=4)
+                ax.plot(*zip(*pts), style, color=colour, label=label, ms=4)
     left.set(xlabel="epoch", ylabel="loss (cross-entropy)", title="loss")
     right.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
     for ax in (left, right):
