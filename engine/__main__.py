@@ -33,9 +33,9 @@ class DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
     def _get_help_string(self, action):
         text = action.help or ""
-        if action.default is None or "default" in text.lower():
+        if action.default in (None, argparse.SUPPRESS) or not action.option_strings or "default" in text.lower():
             return text
-        return super()._get_help_string(action)
+        return f"{text} (default: %(default)s)".lstrip()
 
 
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:
@@ -46,6 +46,9 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
         cmd = sub.add_parser(name, help=summary, description=summary, formatter_class=DefaultsFormatter)
         if name == chosen and name != "train":
             _module(name).add_arguments(cmd)
+            for action in cmd._actions:       # argparse prints no line at all for an option without help
+                if action.help is None and action.option_strings and action.default is not None:
+                    action.help = "(default: %(default)s)"
     return parser
 
 

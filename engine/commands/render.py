@@ -41,12 +41,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n", type=int, default=16, help="number of events to draw (of each class with --per-class)")
     parser.add_argument("--per-class", action="store_true",
                         help="draw the first N events of each class (equal rows on the contact sheet)")
-    parser.add_argument("--preset", default="madrazo2017", choices=sorted(PRESETS))
-    parser.add_argument("--format", default="png", choices=("png", "npy"))
+    parser.add_argument("--preset", default="madrazo2017", choices=sorted(PRESETS), help="how to draw")
+    parser.add_argument("--format", default="png", choices=("png", "npy"),
+                        help="png to look at, npy for the exact float32 values")
     parser.add_argument("--size", type=int, default=None, help="image side in pixels (default: the preset's)")
     parser.add_argument("--seed", type=int, default=0, help="augmentation seed")
     parser.add_argument("--augment", action="store_true", help="random phi rotation and eta flip per event")
-    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where to draw")
     parser.add_argument("--out", required=True, help="output folder")
 
 
