@@ -191,9 +191,10 @@ def evaluate(checkpoint: str | Path, shards: str | Path, out: str | Path, split:
     metrics.update(model=trained.name, checkpoint=str(trained.folder), split=split,
                    train_seconds=trained.run.get("train_seconds"))
     out = Path(out)
-    with atomic_path(out / "metrics.json") as tmp:
+    written = _evaluation_plots(trained, res, metrics, out)
+    with atomic_path(out / "metrics.json") as tmp:      # last: its presence means the evaluation is complete
         tmp.write_text(json.dumps(metrics, indent=1))
-    metrics["written"] = ["metrics.json", *_evaluation_plots(trained, res, metrics, out)]
+    metrics["written"] = ["metrics.json", *written]
     return metrics
 
 
@@ -261,13 +262,12 @@ def predict(checkpoint: str | Path, shards: str | Path, out: str | Path, split: 
         columns[variable] = res[variable].astype(np.float32)
     columns["weight"] = weight.astype(np.float32)
     out = Path(out)
-    files = [_write_predictions(columns, out / "predictions.parquet", {
+    plot = [_mass_plot(res[variable], predicted, weight, names, variable, out,
+                       plot_title(trained.name, split, len(predicted)))] if variable else []
+    table = _write_predictions(columns, out / "predictions.parquet", {
         "class_names": names, "checkpoint": str(trained.folder), "split": split,
-        "visible_cross_section_pb": sigma, "mass_variable": variable, "weight": WEIGHT_DOC})]
-    if variable:
-        files.append(_mass_plot(res[variable], predicted, weight, names, variable, out,
-                                plot_title(trained.name, split, len(predicted))))
-    return files
+        "visible_cross_section_pb": sigma, "mass_variable": variable, "weight": WEIGHT_DOC})
+    return [table, *plot]
 
 
 def _write_predictions(columns: dict, path: Path, meta: dict) -> Path:

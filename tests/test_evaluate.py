@@ -227,3 +227,38 @@ def test_evaluate_on_other_classes_is_a_clear_error(trained, tmp_path):
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert res.returncode == 2 and "was trained on events" in res.stderr and "Traceback" not in res.stderr
     assert not (tmp_path / "out" / "metrics.json").exists()
+
+
+def test_an_evaluation_that_fails_midway_leaves_no_metrics_and_no_temporaries(trained, tmp_path, monkeypatch):
+    """metrics.json is written last, so its presence (which `sweep` relies on) means complete."""
+    from engine.training import plots
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk full")
+    monkeypatch.setattr(plots, "score_distributions", broken)
+    with pytest.raises(RuntimeError):
+        evaluate(trained / "gbt", trained / "shards", tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["confusion.png", "roc.png"]
+
+
+def test_a_killed_predict_leaves_no_partial_file(trained, tmp_path):
+    """SIGKILL at any moment: predictions.parquet is either absent or whole, never a temporary."""
+    import signal
+    import time
+    proc = subprocess.Popen([sys.executable, "-m", "engine", "predict", "--checkpoint", str(trained / "deepsets"),
+                             "--shards", str(trained / "shards"), "--out", str(tmp_path)], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not any(tmp_path.iterdir()):
+        time.sleep(0.01)                    # the first file (the plot, or its temporary) appears
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    for path in tmp_path.iterdir():
+        if path.name == "predictions.parquet":
+            assert pq.read_table(path).num_rows > 0
+        else:
+            assert path.suffix == ".png" or ".tmp-" in path.name
+    res = subprocess.run([sys.executable, "-m", "engine", "predict", "--checkpoint", str(trained / "deepsets"),
+                          "--shards", str(trained / "shards"), "--out", str(tmp_path)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and pq.read_table(tmp_path / "predictions.parquet").num_rows > 0
