@@ -131,7 +131,7 @@ def score_split(trained: Trained, root: Path, split: str, batch_size: int = 512)
     loader = make_loader(root, LoaderConfig(batch_size=batch_size, shuffle=False), split=split)
     infer = _gbt_scores if trained.name == "gbt" else _torch_scorer(trained, manifest)
     out: dict[str, list] = {"scores": [], "labels": [], "index": [], "n_leptons": [],
-                            **{v: [] for v in kinematics.VARIABLES}}
+                            kinematics.FATJET_MASS[0]: [], **{v: [] for v in kinematics.VARIABLES}}
     for batch in loader:
         out["scores"].append(infer(trained, batch))
         out["labels"].append(batch["labels"].numpy())
@@ -141,6 +141,8 @@ def score_split(trained: Trained, root: Path, split: str, batch_size: int = 512)
             out["n_leptons"].append(kinematics.lepton_counts(types))
             for v in kinematics.VARIABLES:
                 out[v].append(kinematics.compute(v, types, feats))
+        if "fatjet" in batch:
+            out[kinematics.FATJET_MASS[0]].append(batch["fatjet"].numpy()[:, 3].astype(np.float64))
     result = {k: np.concatenate(v) for k, v in out.items() if v}
     if "scores" not in result:
         raise InputError(root / split, "the split has no events")
@@ -257,17 +259,16 @@ def predict(checkpoint: str | Path, shards: str | Path, out: str | Path, split: 
     columns = {"index": res["index"], **event_identity(root, split, res["index"]),
                "label": res["labels"].astype(np.int32), "predicted": predicted.astype(np.int32)}
     columns.update({f"score_{n}": res["scores"][:, i].astype(np.float32) for i, n in enumerate(names)})
-    variable = kinematics.mass_variable(res["n_leptons"]) if "n_leptons" in res else None
-    if variable:
-        columns[variable] = res[variable].astype(np.float32)
+    variable = kinematics.mass_variable(res["n_leptons"]) if "n_leptons" in res else kinematics.FATJET_MASS[0]
+    columns[variable] = res[variable].astype(np.float32)
     columns["weight"] = weight.astype(np.float32)
     out = Path(out)
-    plot = [_mass_plot(res[variable], predicted, weight, names, variable, out,
-                       plot_title(trained.name, split, len(predicted)))] if variable else []
+    plot = _mass_plot(res[variable], predicted, weight, names, variable, out,
+                      plot_title(trained.name, split, len(predicted)))
     table = _write_predictions(columns, out / "predictions.parquet", {
         "class_names": names, "checkpoint": str(trained.folder), "split": split,
         "visible_cross_section_pb": sigma, "mass_variable": variable, "weight": WEIGHT_DOC})
-    return [table, *plot]
+    return [table, plot]
 
 
 def _write_predictions(columns: dict, path: Path, meta: dict) -> Path:
@@ -284,7 +285,10 @@ def _write_predictions(columns: dict, path: Path, meta: dict) -> Path:
 def _mass_plot(mass: np.ndarray, predicted: np.ndarray, weight: np.ndarray, names: list[str],
                variable: str, out: Path, title: str) -> Path:
     if not np.isfinite(mass).any():
-        print(f"warning: {out / (variable + '.png')}: no event has a {kinematics.VARIABLES[variable]}; "
+        print(f"warning: {out / (variable + '.png')}: no event has a {_axis(variable)}; "
               "the plot is empty", file=sys.stderr)
-    return plots.mass_per_class(mass, predicted, weight, names, out / f"{variable}.png",
-                                kinematics.VARIABLES[variable], title)
+    return plots.mass_per_class(mass, predicted, weight, names, out / f"{variable}.png", _axis(variable), title)
+
+
+def _axis(variable: str) -> str:
+    return dict([kinematics.FATJET_MASS], **kinematics.VARIABLES)[variable]

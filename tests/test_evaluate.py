@@ -262,3 +262,16 @@ def test_a_killed_predict_leaves_no_partial_file(trained, tmp_path):
                           "--shards", str(trained / "shards"), "--out", str(tmp_path)], cwd=ROOT,
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 0 and pq.read_table(tmp_path / "predictions.parquet").num_rows > 0
+
+
+def test_predict_on_jets_plots_the_large_r_jet_mass(tmp_path):
+    from engine.train import train
+    synthetic_shards(tmp_path, 40, seed=3, kind="fatjets")
+    train(load_config(None, [f"data.shards={tmp_path / 'shards'}", f"output_dir={tmp_path / 'run'}",
+                             "model.name=deepsets", "model.options={inputs: constituents}", "train.batch_size=32"]))
+    reset_accelerate()
+    files = predict(tmp_path / "run", tmp_path / "shards" / "test", tmp_path / "out")
+    table = pq.read_table(files[0])
+    assert [f.name for f in files] == ["predictions.parquet", "fatjet_mass.png"]
+    mass = table.column("fatjet_mass").to_numpy()
+    assert np.isfinite(mass).all() and (mass > 0).all() and {"run", "lumi", "event"} <= set(table.column_names)

@@ -85,7 +85,7 @@ def read_settings(out: Path, settings: dict) -> bool:
     try:
         used = json.loads((out / SETTINGS).read_text())
     except FileNotFoundError:
-        raise InputError(out, f"is not empty and holds no {SETTINGS} (not a demo's folder): "
+        raise InputError(out, f"is not empty and holds no {SETTINGS} (not a folder this demo made): "
                               "choose another --out") from None
     except (OSError, ValueError) as exc:
         raise InputError(out / SETTINGS, f"unreadable ({exc.__class__.__name__}): choose another --out") from None

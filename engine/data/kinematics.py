@@ -3,7 +3,8 @@
 types (B, N) int8 and features (B, N, 6) float32 in, (B,) float64 out [GeV], NaN where an event
 lacks the objects a variable needs. `mass_variable` picks the variable that exists under the
 data's selection: the dilepton mass when most events have two leptons (Z -> ll selections), the
-lepton-MET transverse mass otherwise (one-lepton selections, as the 2017 study's).
+lepton-MET transverse mass otherwise (one-lepton selections, as the 2017 study's); jet datasets
+use the large-R jet's mass.
 """
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ from engine.data import objects
 
 VARIABLES = {"dilepton_mass": "dilepton mass m(ll) [GeV]",
              "transverse_mass": "transverse mass mT(lepton, MET) [GeV]"}
-"""Name -> axis label of each variable `mass_variable` can choose."""
+"""Name -> axis label of each variable `mass_variable` can choose for events."""
+FATJET_MASS = ("fatjet_mass", "large-R jet mass [GeV]")
+"""The mass variable of large-radius-jet datasets: the jet's own mass (fatjet (B, 4), column 3)."""
 
 
 LEPTONS = np.array([objects.ELECTRON, objects.MUON])
