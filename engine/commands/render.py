@@ -252,7 +252,7 @@ def run(args) -> int:
     first = f"{args.n} events of each class" if args.per_class else f"{len(images)} events"
     contact_sheet(out / "contact_sheet.png", images, padded, class_names, cfg,
                   f"{cfg.name}, {cfg.size_px} px: the first {first} of {source}; one row per class, "
-                  "each tile titled (run, lumi, event)")
-    print(f"{len(images)} {cfg.kind} images ({cfg.name}, {cfg.size_px} px) -> {out}"
+                  + ("each tile titled (run, lumi, event)" if "run" in padded else "tiles numbered in drawing order"))
+    print(f"{len(images)} {cfg.kind} images ({cfg.name}, {cfg.size_px} px) and contact_sheet.png -> {out}"
           + (f"; {skipped} objects skipped (NaN/inf or over the cap)" if skipped else ""))
     return 0
