@@ -249,7 +249,8 @@ def run(args) -> int:
     for k, image in enumerate(images):
         write_image(out / f"{k:06d}.{args.format}", image, args.format)
     source = f"{args.input}" + (f" ({args.split})" if args.split else "")
-    first = f"{args.n} events of each class" if args.per_class else f"{len(images)} events"
+    noun = "events" if cfg.kind == "event" else "jets"
+    first = f"{args.n} {noun} of each class" if args.per_class else f"{len(images)} {noun}"
     contact_sheet(out / "contact_sheet.png", images, padded, class_names, cfg,
                   f"{cfg.name}, {cfg.size_px} px: the first {first} of {source}; one row per class, "
                   + ("each tile titled (run, lumi, event)" if "run" in padded else "tiles numbered in drawing order"))
