@@ -27,6 +27,7 @@ from pathlib import Path
 import yaml
 
 from engine.config import from_dict, load_yaml
+from engine.data.parquet_io import atomic_path
 from engine.errors import InputError
 
 
@@ -111,8 +112,7 @@ def run_sweep(path: str | Path, launcher: str = sys.executable, dry_run: bool = 
                      "accuracy": m.get("accuracy"), "signal_vs_background": m.get("signal_vs_background_efficiency"),
                      "train_seconds": m.get("train_seconds"), "status": m.get("status", "ok")})
     table = Path(cfg.output_root) / "sweep.csv"
-    table.parent.mkdir(parents=True, exist_ok=True)
-    with table.open("w", newline="") as f:
+    with atomic_path(table) as tmp, tmp.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)

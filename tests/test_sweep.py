@@ -37,3 +37,26 @@ def test_sweep_trains_and_collects_metrics(tmp_path):
     assert [r["run"] for r in rows] == ["deepsets", "ffn"]
     assert all(r["status"] == "ok" and 0 <= float(r["accuracy"]) <= 1 for r in rows)
     assert (tmp_path / "runs" / "ffn" / "test" / "metrics.json").is_file()
+
+
+def test_sweep_table_is_written_atomically(tmp_path, monkeypatch):
+    """A sweep whose points are all evaluated already only rewrites sweep.csv, through a temporary."""
+    import json
+
+    import engine.sweep as sweep_module
+    (tmp_path / "base.yaml").write_text("data: {shards: x}\n")
+    sweep = tmp_path / "s.sweep.yaml"
+    sweep.write_text(f"base: base.yaml\noutput_root: {tmp_path / 'runs'}\ngrid: {{model.name: [a, b]}}\n")
+    for name in ("a", "b"):
+        (tmp_path / "runs" / name / "test").mkdir(parents=True)
+        (tmp_path / "runs" / name / "test" / "metrics.json").write_text(json.dumps({"accuracy": 0.5}))
+    seen = []
+    real = sweep_module.atomic_path
+
+    def spy(path):
+        seen.append(path)
+        return real(path)
+    monkeypatch.setattr(sweep_module, "atomic_path", spy)
+    table = run_sweep(sweep)
+    assert seen == [table] and [r["accuracy"] for r in csv.DictReader(table.open())] == ["0.5", "0.5"]
+    assert sorted(p.name for p in table.parent.iterdir()) == ["a", "b", "sweep.csv"]

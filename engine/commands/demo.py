@@ -4,6 +4,11 @@ Each step is one of the engine's own commands, printed before it runs, so the de
 worked example: generate ttbar / W+jets / Drell-Yan with Pythia 8, inspect, shard, draw a contact
 sheet, train a set transformer, a small CNN on event images drawn on the fly, and the
 gradient-boosted-tree baseline, evaluate all three on the same test events, and print a table.
+
+Re-running into the same `--out` resumes: `--out/demo.json` records the demo's settings, every
+step whose output is complete (and came from those settings) is skipped, an interrupted training
+run resumes from its last checkpoint, and inspect / evaluate run again. A used `--out` with other
+settings, no demo.json, or outputs out of order is refused before anything is touched.
 """
 from __future__ import annotations
 
@@ -12,20 +17,35 @@ import shlex
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+from engine.data.parquet_io import atomic_path
 from engine.errors import InputError
 
 CLASSES = ("ttbar", "wjets", "dy")
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 MODELS = {"set_transformer": "ci-tiny.yaml", "small_cnn": "demo-cnn.yaml", "gbt": None}
+SETTINGS = "demo.json"
+SHEET_PER_CLASS = 6
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--out", default="runs/demo", help="folder for everything the demo writes")
+    parser.add_argument("--out", default="runs/demo", help="folder for everything the demo writes "
+                        "(a used one resumes if it holds a demo with the same settings)")
     parser.add_argument("--events", type=int, default=3400, help="accepted events per class")
     parser.add_argument("--workers", type=int, default=2, help="generator processes per class")
-    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=1, help="seed of generation, sharding and training")
+
+
+@dataclass
+class Step:
+    """One command of the demo; `done` is None for steps that always run (inspect, evaluate)."""
+
+    argv: list[str]
+    python: bool = False
+    """True: `python ARGV` in a fresh process (training); False: `python -m engine ARGV`."""
+    done: bool | None = None
 
 
 def data_steps(out: Path, events: int, workers: int, seed: int) -> list[list[str]]:
@@ -37,8 +57,8 @@ def data_steps(out: Path, events: int, workers: int, seed: int) -> list[list[str
         ["inspect", str(parquet)],
         ["shard", "--input", str(parquet), "--out", str(out / "shards"), "--seed", str(seed)],
         ["inspect", str(out / "shards")],
-        ["render", "--input", str(parquet / "ttbar.parquet"), "--n", "16", "--preset", "madrazo2017",
-         "--format", "png", "--out", str(out / "images")],
+        ["render", "--input", str(out / "shards"), "--split", "train", "--n", str(SHEET_PER_CLASS),
+         "--per-class", "--preset", "madrazo2017", "--format", "png", "--out", str(out / "images")],
     ]
 
 
@@ -50,16 +70,98 @@ def train_command(model: str, out: Path, seed: int) -> list[str]:
     return cmd + [f"data.shards={shards}", f"output_dir={run_dir}", "data.signal=ttbar", f"train.seed={seed}"]
 
 
-def _run_engine(argv: list[str]) -> None:
-    from engine.__main__ import main
-    print(f"\n$ python -m engine {shlex.join(argv)}", flush=True)
-    if main(argv):
-        raise SystemExit(2)
+def evaluate_command(model: str, out: Path) -> list[str]:
+    return ["evaluate", "--checkpoint", str(out / "models" / model), "--shards", str(out / "shards"),
+            "--out", str(out / "eval" / model), "--signal", "ttbar"]
 
 
-def _run_python(argv: list[str]) -> None:
-    print(f"\n$ python {shlex.join(argv)}", flush=True)
-    if subprocess.run([sys.executable, *argv]).returncode:
+def read_settings(out: Path, settings: dict) -> bool:
+    """Whether `out` is new (False) or a demo with the same settings to resume (True); InputError
+    for anything else, before anything is written."""
+    if out.exists() and not out.is_dir():
+        raise InputError(out, "--out is a file, not a folder")
+    if not out.exists() or not any(out.iterdir()):
+        return False
+    try:
+        used = json.loads((out / SETTINGS).read_text())
+    except FileNotFoundError:
+        raise InputError(out, f"is not empty and holds no {SETTINGS} (not a folder this demo made): "
+                              "choose another --out") from None
+    except (OSError, ValueError) as exc:
+        raise InputError(out / SETTINGS, f"unreadable ({exc.__class__.__name__}): choose another --out") from None
+    if used != settings:
+        flags = " ".join(f"--{k} {v}" for k, v in used.items()) if isinstance(used, dict) else str(used)
+        raise InputError(out, f"holds a demo run with other settings ({flags}): pass those to resume it, "
+                              "or choose another --out")
+    return True
+
+
+def _generated(out: Path, index: int, settings: dict) -> bool:
+    from engine.data.parquet_io import open_parquet
+    name, path = CLASSES[index], out / "parquet" / f"{CLASSES[index]}.parquet"
+    if not path.is_file():
+        return False
+    prov = open_parquet(path)[1].get("provenance", {})
+    if (prov.get("process"), prov.get("seed"), prov.get("accepted")) != (
+            name, settings["seed"] + index, settings["events"]):
+        raise InputError(path, "was not generated with this demo's settings: choose another --out")
+    return True
+
+
+def _sharded(out: Path, settings: dict) -> bool:
+    from engine.data.shards import MANIFEST, load_manifest
+    if not (out / "shards" / MANIFEST).is_file():
+        return False
+    manifest = load_manifest(out / "shards")
+    files = sorted(item.get("file", "") for item in manifest.get("inputs", []))
+    if manifest["options"]["seed"] != settings["seed"] or files != sorted(f"{c}.parquet" for c in CLASSES):
+        raise InputError(out / "shards", "were not made by this demo's settings: choose another --out")
+    return True
+
+
+def _trained(out: Path, model: str, settings: dict) -> bool:
+    from engine.training.config import load_config
+    folder = out / "models" / model
+    if not (folder / "run.json").is_file():
+        return False                      # not started, or interrupted: engine.train resumes it
+    cfg = load_config(folder / "config.yaml")
+    if Path(cfg.data.shards) != out / "shards" or cfg.train.seed != settings["seed"]:
+        raise InputError(folder, "was not trained by this demo's settings: choose another --out")
+    return True
+
+
+def plan(out: Path, settings: dict) -> list[Step]:
+    """Every step of the demo, each marked done where its complete output is already in `out`.
+    InputError where an output is there but one it was made from is not (changed by hand)."""
+    data = data_steps(out, settings["events"], settings["workers"], settings["seed"])
+    gen = [Step(argv, done=_generated(out, i, settings)) for i, argv in enumerate(data[:3])]
+    shard = Step(data[4], done=_sharded(out, settings))
+    render = Step(data[6], done=(out / "images" / "contact_sheet.png").is_file())
+    trains = [Step(train_command(m, out, settings["seed"]), python=True, done=_trained(out, m, settings))
+              for m in MODELS]
+    _check_order(out, [(shard, gen), (render, [shard]), *((t, [shard]) for t in trains)])
+    return [*gen, Step(data[3]), shard, Step(data[5]), render, *trains,
+            *(Step(evaluate_command(m, out)) for m in MODELS)]
+
+
+def _check_order(out: Path, needs: list[tuple[Step, list[Step]]]) -> None:
+    for step, inputs in needs:
+        missing = [s for s in inputs if not s.done]
+        if step.done and missing:
+            raise InputError(out, f"`{shlex.join(step.argv)}` is complete but its input from "
+                                  f"`{shlex.join(missing[0].argv)}` is not: the folder was changed by hand; "
+                                  "choose another --out")
+
+
+def _run(step: Step) -> None:
+    if step.python:
+        print(f"\n$ python {shlex.join(step.argv)}", flush=True)
+        failed = subprocess.run([sys.executable, *step.argv]).returncode
+    else:
+        from engine.__main__ import main
+        print(f"\n$ python -m engine {shlex.join(step.argv)}", flush=True)
+        failed = main(step.argv)
+    if failed:
         raise SystemExit(2)
 
 
@@ -76,16 +178,23 @@ def run(args) -> int:
     if args.events <= 0 or args.workers <= 0:
         raise InputError("--events/--workers", "must be positive")
     out = Path(args.out)
+    settings = {"events": args.events, "workers": args.workers, "seed": args.seed}
+    resuming = read_settings(out, settings)
+    steps = plan(out, settings)               # every check, before anything is written
+    if resuming:
+        print(f"resuming the demo in {out}: {sum(bool(s.done) for s in steps)} steps already complete")
+    else:
+        with atomic_path(out / SETTINGS) as tmp:
+            tmp.write_text(json.dumps(settings, indent=1) + "\n")
     start = time.perf_counter()
-    for argv in data_steps(out, args.events, args.workers, args.seed):
-        _run_engine(argv)
-    for model in MODELS:
-        _run_python(train_command(model, out, args.seed))
-    for model in MODELS:
-        _run_engine(["evaluate", "--checkpoint", str(out / "models" / model), "--shards", str(out / "shards"),
-                     "--out", str(out / "eval" / model), "--signal", "ttbar"])
+    for step in steps:
+        if step.done:
+            print(f"\n(done) python {'' if step.python else '-m engine '}{shlex.join(step.argv)}")
+        else:
+            _run(step)
     table = results_table(out)
-    (out / "results.md").write_text(table + "\n")
+    with atomic_path(out / "results.md") as tmp:
+        tmp.write_text(table + "\n")
     print(f"\n{table}\n\ndemo finished in {time.perf_counter() - start:.0f} s. Results in {out}/: "
           f"eval/*/metrics.json and plots, models/, images/contact_sheet.png, results.md")
     return 0

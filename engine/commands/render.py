@@ -1,16 +1,20 @@
 """`python -m engine render`: draw the first N events (or jets) of Parquet files or shards as images.
 
-Shards are read through the loader in their stored order (no shuffle), from `--split` (train).
+`--input` is Parquet (a file or a folder) or shards (the root, read from `--split`, or one split
+folder), read in stored order (no shuffle).
 
-Writes one file per event, in order (000000.png or 000000.npy), and contact_sheet.png: a grid of
-the first images with each event's class under it. PNG is for looking: RGB presets as drawn,
-the 5-channel preset in false colour, jet images scaled to their brightest pixel. NPY holds the
-exact float32 (C, H, W) values the training loop would see. Every file is written atomically.
+Writes one file per event, in order (000000.png or 000000.npy), and contact_sheet.png: one row per
+class, each tile on eta/phi axes and titled with its event's (run, lumi, event), with a legend of
+the object types' colours. PNG is for looking: RGB presets as drawn, the 5-channel preset in false
+colour, jet images scaled to their brightest pixel. NPY holds the exact float32 (C, H, W) values
+the training loop would see. Every file is written atomically.
 """
 from __future__ import annotations
 
 import argparse
 import math
+import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -19,68 +23,111 @@ import torch
 
 from engine.data import objects
 from engine.data.parquet_io import atomic_path, iter_batches, list_parquet, open_parquet
+from engine.data.shard_paths import is_shard_path, resolve_split
 from engine.errors import InputError
 from engine.render import render_events, render_jets
 from kernels.presets import PRESETS, RenderConfig, preset
 
-GAP_PX = 2
-"""Grey gap between the tiles of the contact sheet (the event images have white backgrounds)."""
 SHEET_MAX = 64
-LABEL_PX = 14
+IDENTITY = ("run", "lumi", "event")
 FALSE_COLOURS = np.array([(0, 0, 255), (0, 160, 0), (255, 125, 125), (255, 0, 0), (255, 255, 255)], np.float32)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--input", required=True,
-                        help="Parquet file, folder of Parquet files, or a shard folder (made by `shard`)")
-    parser.add_argument("--split", default="train", choices=("train", "val", "test"),
-                        help="the split to draw from when --input is a shard folder")
-    parser.add_argument("--n", type=int, default=16, help="number of events to draw (default 16)")
-    parser.add_argument("--preset", default="madrazo2017", choices=sorted(PRESETS))
-    parser.add_argument("--format", default="png", choices=("png", "npy"))
+    parser.add_argument("--input", required=True, help="Parquet file, folder of Parquet files, or a shard "
+                        "folder (made by `shard`) or one of its split folders")
+    parser.add_argument("--split", choices=("train", "val", "test"),
+                        help="the split to draw from when --input is a shard root (default: train)")
+    parser.add_argument("--n", type=int, default=16, help="number of events to draw (of each class with --per-class)")
+    parser.add_argument("--per-class", action="store_true",
+                        help="draw the first N events of each class (equal rows on the contact sheet)")
+    parser.add_argument("--preset", default="madrazo2017", choices=sorted(PRESETS), help="how to draw")
+    parser.add_argument("--format", default="png", choices=("png", "npy"),
+                        help="png to look at, npy for the exact float32 values")
     parser.add_argument("--size", type=int, default=None, help="image side in pixels (default: the preset's)")
     parser.add_argument("--seed", type=int, default=0, help="augmentation seed")
     parser.add_argument("--augment", action="store_true", help="random phi rotation and eta flip per event")
-    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where to draw")
     parser.add_argument("--out", required=True, help="output folder")
 
 
-def read_first(path: str, n: int, kind: str) -> tuple[pa.Table, list[str]]:
-    """The first `n` rows of the Parquet file(s) at `path`, in order, and the class names."""
-    columns = objects.EVENT_COLUMNS if kind == "events" else objects.FATJET_COLUMNS
-    tables, rows, class_names = [], 0, None
+def _pick(keys: list, quota: dict, n: int) -> np.ndarray:
+    """Indices of the events (class `keys[i]`, or None for all alike) still under `n` of their key;
+    counts them into `quota`."""
+    picked = []
+    for i, key in enumerate(keys):
+        if quota.get(key, 0) < n:
+            quota[key] = quota.get(key, 0) + 1
+            picked.append(i)
+    return np.array(picked, np.int64)
+
+
+def read_first(path: str, n: int, kind: str, per_class: bool = False) -> pa.Table:
+    """The first `n` rows (of each process with `per_class`) of the Parquet file(s) at `path`, in
+    order, with process, run, lumi, event."""
+    columns = (objects.EVENT_COLUMNS if kind == "events" else objects.FATJET_COLUMNS) + ["process", *IDENTITY]
+    tables, quota = [], {}
     for file in list_parquet(path):
         _, meta = open_parquet(file)
         if meta.get("kind") != kind:
             raise InputError(file, f"holds {meta.get('kind')}, this preset draws {kind}")
-        class_names = class_names or list(meta.get("class_names", []))
+        wanted = meta.get("class_names") if per_class else [None]
         for batch in iter_batches(file, columns):
-            tables.append(pa.Table.from_batches([batch]).slice(0, n - rows))
-            rows += tables[-1].num_rows
-            if rows >= n:
-                return pa.concat_tables(tables), class_names
-    if rows == 0:
+            if all(quota.get(c, 0) >= n for c in wanted):
+                break
+            table = pa.Table.from_batches([batch])
+            keys = table.column("process").to_pylist() if per_class else [None] * table.num_rows
+            tables.append(table.take(pa.array(_pick(keys, quota, n))))
+        if not per_class and quota.get(None, 0) >= n:
+            break
+    if not sum(quota.values()):
         raise InputError(path, "no events to draw")
-    return pa.concat_tables(tables), class_names
+    return pa.concat_tables(tables)
 
 
-def first_padded(path: str, n: int, kind: str, split: str) -> tuple[dict[str, np.ndarray], list[str]]:
-    """The first `n` events of Parquet files or a shard folder as padded arrays (objects.py layout)."""
-    root = Path(path)
-    if (root / "manifest.json").is_file():
-        from engine.data.loader import LoaderConfig, make_loader
-        from engine.data.shards import load_manifest
-        manifest = load_manifest(root)
-        if manifest["kind"] != kind:
-            raise InputError(path, f"holds {manifest['kind']}, this preset draws {kind}")
-        loader = make_loader(root, LoaderConfig(batch_size=n, shuffle=False), split=split)
-        batch = next(iter(loader), None)
-        if batch is None:
-            raise InputError(path, f"split {split} has no events to draw")
-        return {k: v.numpy() for k, v in batch.items()}, manifest["class_names"]
-    table, class_names = read_first(path, n, kind)
+def first_padded(path: str, n: int, kind: str, split: str | None,
+                 per_class: bool = False) -> tuple[dict[str, np.ndarray], list[str]]:
+    """The first `n` events (of each class with `per_class`) of Parquet files or a shard split as
+    padded arrays (objects.py layout), with their run, lumi, event where known."""
+    if is_shard_path(path):
+        return _first_from_shards(path, n, kind, split, per_class)
+    table = read_first(path, n, kind, per_class)
     padded = objects.pad_events(table) if kind == "events" else objects.pad_fatjets(table)
+    padded.update({c: table.column(c).to_numpy() for c in IDENTITY})
+    # files label their events by their own class lists: name classes by process, in order of appearance
+    processes = table.column("process").to_pylist()
+    class_names = list(dict.fromkeys(processes))
+    padded["labels"] = np.array([class_names.index(p) for p in processes], np.int64)
     return padded, class_names
+
+
+def _first_from_shards(path: str, n: int, kind: str, split: str | None, per_class: bool):
+    from engine.data.loader import LoaderConfig, make_loader
+    from engine.data.shards import load_manifest, read_identity
+    root, split = resolve_split(path, split, default="train")
+    manifest = load_manifest(root)
+    if manifest["kind"] != kind:
+        raise InputError(path, f"holds {manifest['kind']}, this preset draws {kind}")
+    counts = manifest["splits"][split]["events_per_class"]
+    want = dict(enumerate(counts)) if per_class else {None: sum(counts)}
+    loader = make_loader(root, LoaderConfig(batch_size=1024 if per_class else n, shuffle=False), split=split)
+    parts, quota = [], {}
+    for batch in loader:
+        labels = batch["labels"].numpy()
+        picked = _pick(labels.tolist() if per_class else [None] * len(labels), quota, n)
+        parts.append({k: v.numpy()[picked] for k, v in batch.items() if v.ndim and len(v) == len(labels)})
+        if all(quota.get(c, 0) >= min(n, have) for c, have in want.items()):
+            break
+    if not sum(quota.values()):
+        raise InputError(path, f"split {split} has no events to draw")
+    padded = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    ids = read_identity(root, split)
+    if ids is None:
+        print(f"warning: {root / split}: the shards carry no event identity (written before splits had "
+              "identity.parquet); the contact sheet shows none", file=sys.stderr)
+    else:
+        padded.update({c: ids[c][padded["index"]] for c in IDENTITY})
+    return padded, manifest["class_names"]
 
 
 def draw(padded: dict[str, np.ndarray], cfg: RenderConfig, args) -> tuple[torch.Tensor, int]:
@@ -119,24 +166,72 @@ def write_image(path: Path, image: np.ndarray, fmt: str) -> None:
             Image.fromarray(to_rgb(image)).save(tmp, format="PNG")
 
 
-def contact_sheet(path: Path, images: np.ndarray, captions: list[str]) -> None:
-    """A grid of the first SHEET_MAX images with a caption under each, written atomically."""
-    from PIL import Image, ImageDraw
-    count = min(len(images), SHEET_MAX)
-    cols = math.ceil(math.sqrt(count))
-    rows = math.ceil(count / cols)
-    side = min(images.shape[-1], 224)
-    cell_w, cell_h = side + GAP_PX, side + LABEL_PX + GAP_PX
-    sheet = Image.new("RGB", (cols * cell_w + GAP_PX, rows * cell_h + GAP_PX), (150, 150, 150))
-    pen = ImageDraw.Draw(sheet)
-    for k in range(count):
-        x, y = GAP_PX + (k % cols) * cell_w, GAP_PX + (k // cols) * cell_h
-        tile = Image.fromarray(to_rgb(images[k])).resize((side, side))
-        sheet.paste(tile, (x, y))
-        pen.rectangle((x, y + side, x + side - 1, y + side + LABEL_PX - 1), fill="white")
-        pen.text((x + 3, y + side + 1), captions[k], fill="black")
+def legend_entries(cfg: RenderConfig) -> list[tuple[str, tuple[float, float, float]]]:
+    """(object types, RGB colour in 0..1) as drawn by an event preset; types drawn alike share one."""
+    entries: dict[tuple[float, ...], list[str]] = {}
+    for name, label in (("electron", "electron"), ("muon", "muon"), ("jet", "jet"), ("bjet", "b-jet"),
+                        ("met", "MET (at $\\eta$ = 0)")):
+        style = getattr(cfg, name)
+        if style.max_count == 0:
+            continue
+        rgb = FALSE_COLOURS[style.channel] if style.channel >= 0 else np.asarray(style.colour, np.float32)
+        entries.setdefault(tuple(float(c) / 255.0 for c in rgb), []).append(label)
+    return [(", ".join(labels), colour) for colour, labels in entries.items()]
+
+
+def sheet_layout(labels: np.ndarray, limit: int = SHEET_MAX) -> list[tuple[int, list[int]]]:
+    """(class, indices of its events, in order) per class present among the first `limit` events."""
+    first = np.arange(min(len(labels), limit))
+    return [(int(c), first[labels[first] == c].tolist()) for c in np.unique(labels[first])]
+
+
+def contact_sheet(path: Path, images: np.ndarray, padded: dict, class_names: list[str], cfg: RenderConfig,
+                  title: str) -> None:
+    """One row per class of the first SHEET_MAX images on eta/phi axes, each titled (run, lumi, event),
+    with a legend of the object colours; written atomically."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+    layout = sheet_layout(padded["labels"])
+    cols = max(len(idx) for _, idx in layout)
+    entries = legend_entries(cfg) if cfg.kind == "event" else []
+    ncol = min(len(entries), max(2, cols))
+    legend_in = 0.3 * math.ceil(len(entries) / ncol) + 0.1 if entries else 0.0
+    height = 1.3 + 1.95 * len(layout) + legend_in
+    fig, axes = plt.subplots(len(layout), cols, figsize=(1.2 + 1.75 * max(cols, 2), height), squeeze=False)
+    span = cfg.eta_max if cfg.kind == "event" else cfg.jet_range
+    extent = (-span, span, -np.pi, np.pi) if cfg.kind == "event" else (-span, span, -span, span)
+    for row, (label, idx) in enumerate(layout):
+        for col, ax in enumerate(axes[row]):
+            if col >= len(idx):
+                ax.axis("off")
+                continue
+            bottom = all(col >= len(later) for _, later in layout[row + 1:])
+            _tile(ax, images[idx[col]], extent, padded, idx[col], cfg.kind, bottom)
+            if col == 0:
+                name = class_names[label] if 0 <= label < len(class_names) else str(label)
+                ax.set_ylabel(f"{name}\n" + ("$\\phi$ [rad]" if cfg.kind == "event" else "$\\Delta\\phi'$"),
+                              fontsize=8)
+            else:
+                ax.tick_params(labelleft=False)
+    if entries:
+        handles = [Patch(facecolor=c, edgecolor="black", label=t) for t, c in entries]
+        fig.legend(handles=handles, loc="lower center", ncol=ncol, fontsize=8, frameon=False)
+    fig.suptitle("\n".join(textwrap.wrap(title, width=max(40, 30 * cols))), fontsize=9)
+    fig.tight_layout(rect=(0, legend_in / height, 1, 1))
     with atomic_path(path) as tmp:
-        sheet.save(tmp, format="PNG")
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
+
+
+def _tile(ax, image: np.ndarray, extent, padded: dict, k: int, kind: str, bottom: bool) -> None:
+    ax.imshow(to_rgb(image), extent=extent, origin="upper", aspect="auto", interpolation="antialiased")
+    ident = "(" + ", ".join(str(int(padded[c][k])) for c in IDENTITY) + ")" if "run" in padded else f"#{k}"
+    ax.set_title(ident, fontsize=6.5)
+    ax.tick_params(labelsize=6, length=2)
+    if bottom:
+        ax.set_xlabel("$\\eta$" if kind == "event" else "$\\Delta\\eta'$", fontsize=8)
 
 
 def run(args) -> int:
@@ -147,15 +242,18 @@ def run(args) -> int:
     except ValueError as exc:
         raise InputError("--size", str(exc)) from None
     padded, class_names = first_padded(args.input, args.n, "fatjets" if cfg.kind == "jet" else "events",
-                                       args.split)
+                                       args.split, args.per_class)
     images, skipped = draw(padded, cfg, args)
-    labels = padded["labels"]
     images = images.numpy()
     out = Path(args.out)
     for k, image in enumerate(images):
         write_image(out / f"{k:06d}.{args.format}", image, args.format)
-    captions = [class_names[i] if 0 <= i < len(class_names) else str(i) for i in labels]
-    contact_sheet(out / "contact_sheet.png", images, [f"{k}: {c}" for k, c in enumerate(captions)])
-    print(f"{len(images)} {cfg.kind} images ({cfg.name}, {cfg.size_px} px) -> {out}"
+    source = f"{args.input}" + (f" ({args.split})" if args.split else "")
+    noun = "events" if cfg.kind == "event" else "jets"
+    first = f"{args.n} {noun} of each class" if args.per_class else f"{len(images)} {noun}"
+    contact_sheet(out / "contact_sheet.png", images, padded, class_names, cfg,
+                  f"{cfg.name}, {cfg.size_px} px: the first {first} of {source}; one row per class, "
+                  + ("each tile titled (run, lumi, event)" if "run" in padded else "tiles numbered in drawing order"))
+    print(f"{len(images)} {cfg.kind} images ({cfg.name}, {cfg.size_px} px) and contact_sheet.png -> {out}"
           + (f"; {skipped} objects skipped (NaN/inf or over the cap)" if skipped else ""))
     return 0

@@ -34,6 +34,8 @@ SHARD_FORMAT_VERSION = 1
 SPLITS = ("train", "val", "test")
 MEMBER_EXT = "blk"
 MANIFEST = "manifest.json"
+IDENTITY = "identity.parquet"
+IDENTITY_COLUMNS = ("run", "lumi", "event")
 
 
 @dataclass
@@ -180,11 +182,22 @@ def write_split(inputs: Inputs, rows: np.ndarray, folder: Path, name: str, opts:
         writer.add(encoding.encode(block, first_index=start, codec=opts.codec),
                    block.columns["labels"])
     writer.close()
+    identity = write_identity(inputs.table, rows, folder)
     per_class = np.sum([s["events_per_class"] for s in writer.shards], axis=0, dtype=np.int64)
     return {"events": int(len(rows)), "bytes": int(sum(s["bytes"] for s in writer.shards)),
             "events_per_class": (per_class if writer.shards else np.zeros(
                 len(inputs.class_names), np.int64)).tolist(),
-            "eta_clipped": clipped, "shards": writer.shards}
+            "eta_clipped": clipped, "shards": writer.shards, "identity": identity}
+
+
+def write_identity(table: pa.Table, rows: np.ndarray, folder: Path) -> str:
+    """folder/identity.parquet: index, run, lumi, event (int64) of the split's events, sorted by
+    index (the split-wide index every loader batch carries). Returns the file name."""
+    import pyarrow.parquet as pq
+    ids = table.select(list(IDENTITY_COLUMNS)).take(pa.array(rows, pa.int64()))
+    ids = ids.add_column(0, "index", pa.array(np.arange(len(rows), dtype=np.int64)))
+    pq.write_table(ids, folder / IDENTITY, compression="zstd")
+    return IDENTITY
 
 
 def build_manifest(inputs: Inputs, splits: dict[str, dict], opts: ShardOptions) -> dict:
@@ -360,3 +373,24 @@ def _check_member(fd: int, offset: int, size: int, name: str, kind: str, events:
     if block.kind != kind or block.n_events != events or block.first_index != first:
         return "block header does not match the manifest"
     return None
+
+
+def read_identity(root: str | Path, split: str) -> dict[str, np.ndarray] | None:
+    """index, run, lumi, event ((E,) int64 each, sorted by index) of a split's events, from the
+    split's identity.parquet; None for shards written before splits carried one."""
+    import pyarrow.parquet as pq
+    root = Path(root)
+    entry = load_manifest(root)["splits"].get(split)
+    if entry is None:
+        raise InputError(root, f"no split '{split}'")
+    if not entry.get("identity"):
+        return None
+    path = root / split / entry["identity"]
+    try:
+        table = pq.read_table(path, columns=["index", *IDENTITY_COLUMNS])
+    except (OSError, pa.ArrowException) as exc:
+        raise InputError(path, f"unreadable event identity ({exc.__class__.__name__})") from None
+    ids = {c: table.column(c).to_numpy(zero_copy_only=False).astype(np.int64) for c in table.column_names}
+    if not np.array_equal(ids["index"], np.arange(entry["events"])):
+        raise InputError(path, f"does not list the split's {entry['events']} events in index order")
+    return ids

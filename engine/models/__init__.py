@@ -14,7 +14,8 @@ knows whether to render images), and every kind has one forward signature:
 `pad_fatjets`, plus "images") in argument order; `model_args` picks them out of a batch dict.
 
 Registered models: small_cnn, cvn, the timm architectures of `cnn.TIMM_MODELS`, ffn, deepsets,
-set_transformer. Each has `.input_kind`, `.spec` (name, num_classes, options: enough to rebuild
+set_transformer. `list_models` also names `gbt` (scikit-learn trees, trained by `engine.train`, not
+created here: `create_model("gbt")` says so). Each has `.input_kind`, `.spec` (name, num_classes, options: enough to rebuild
 it) and `.head` (the top layers, ending in the logits Linear) used by `transfer`.
 Models know nothing of files or loaders: weights are loaded by `engine.models.transfer`.
 """
@@ -25,7 +26,7 @@ from torch import nn
 
 from engine.errors import InputError
 from engine.models import cnn, cvn, sets  # noqa: F401  (importing registers the models)
-from engine.models.registry import check_options, get_entry, register_model, registered_names
+from engine.models.registry import NOT_TORCH, check_options, get_entry, register_model, registered_names
 
 INPUT_KEYS = {
     "image": ("images",),
@@ -38,8 +39,8 @@ __all__ = ["INPUT_KEYS", "create_model", "list_models", "model_args", "model_inp
 
 
 def list_models() -> list[str]:
-    """Names of all registered models, sorted."""
-    return registered_names()
+    """Names of every model the engine trains, sorted: the registered torch models and `gbt`."""
+    return sorted([*registered_names(), *NOT_TORCH])
 
 
 def model_input(name: str, **options) -> str:

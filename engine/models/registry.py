@@ -63,12 +63,18 @@ def register_model(name: str | None = None, inputs: tuple[str, ...] = ("image",)
     return wrap
 
 
+NOT_TORCH = {"gbt": "scikit-learn gradient-boosted trees: train them with `python -m engine.train model.name=gbt`"}
+"""Models the engine trains that are not `nn.Module`s (listed by `list_models`, not created here)."""
+
+
 def get_entry(name: str) -> ModelEntry:
     """The registry entry for `name`; InputError listing the known names if there is none."""
     try:
         return _REGISTRY[name]
     except KeyError:
-        known = ", ".join(sorted(_REGISTRY))
+        if name in NOT_TORCH:
+            raise InputError("model.name", f"{name!r} is not a torch model ({NOT_TORCH[name]})") from None
+        known = ", ".join(sorted([*_REGISTRY, *NOT_TORCH]))
         raise InputError("model.name", f"unknown model {name!r}; known models: {known}") from None
 
 

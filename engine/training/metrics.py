@@ -4,6 +4,8 @@ scores (E, K) float: class probabilities; labels (E,) int in [0, K).
 The 2017 study's figure of merit, `signal_vs_background_efficiency`, is the fraction of correct
 signal/background decisions on a 50/50 sample: 0.5 * (signal efficiency + background rejection),
 with the background made of the other classes in equal parts and the decision `argmax == signal`.
+`background_rejection` is the collider convention, 1/eps_B at a fixed signal efficiency eps_S, on
+the signal class's one-vs-rest ROC (its score; every other event is background).
 """
 from __future__ import annotations
 
@@ -30,6 +32,30 @@ def roc_auc(is_signal: np.ndarray, score: np.ndarray) -> float:
         return float("nan")
     fpr, tpr = roc_curve(is_signal, score)
     return float(np.trapezoid(tpr, fpr))
+
+
+SIGNAL_EFFICIENCIES = (0.3, 0.5, 0.7)
+
+
+def background_efficiency_at(is_signal: np.ndarray, score: np.ndarray, eps_s: float) -> float:
+    """eps_B at signal efficiency `eps_s`: linear interpolation in eps_S between the two ROC points
+    around it (where several points share an eps_S, the lowest eps_B); NaN if a side is empty."""
+    if is_signal.all() or not is_signal.any():
+        return float("nan")
+    fpr, tpr = roc_curve(is_signal, score)
+    tpr_u, first = np.unique(tpr, return_index=True)     # fpr rises with tpr: first = lowest
+    return float(np.interp(eps_s, tpr_u, fpr[first]))
+
+
+def background_rejection(is_signal: np.ndarray, score: np.ndarray,
+                         efficiencies: tuple[float, ...] = SIGNAL_EFFICIENCIES) -> dict[str, float | None]:
+    """{"0.3": 1/eps_B, ...} at each signal efficiency; None where no background event passes
+    (the rejection exceeds the number of background events)."""
+    out: dict[str, float | None] = {}
+    for eps in efficiencies:
+        eps_b = background_efficiency_at(is_signal, score, eps)
+        out[f"{eps:g}"] = None if eps_b == 0 else (float("nan") if np.isnan(eps_b) else 1.0 / eps_b)
+    return out
 
 
 def f1_scores(cm: np.ndarray) -> np.ndarray:
@@ -68,4 +94,6 @@ def classification_metrics(scores: np.ndarray, labels: np.ndarray, class_names: 
         s = class_names.index(signal)
         out["signal"] = signal
         out["signal_vs_background_efficiency"] = signal_vs_background_efficiency(cm, s)
+        out["background_rejection_at_signal_efficiency"] = background_rejection(labels == s, scores[:, s])
+        out["background_events"] = int((labels != s).sum())
     return out

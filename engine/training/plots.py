@@ -1,5 +1,9 @@
-"""Evaluation plots as PNG files (matplotlib, Agg backend): confusion matrix, ROC curves, score
-distributions, training curves, and a mass spectrum per predicted class."""
+"""Evaluation plots as PNG files (matplotlib, Agg backend), in the field's conventions: confusion
+matrix (counts, row-normalised colours), ROC as background rejection against signal efficiency,
+score distributions, training curves against epoch, and a mass spectrum per predicted class.
+
+Every plot takes a `title` (model, split, number of events) and is written atomically.
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,80 +14,132 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from engine.training.metrics import roc_curve  # noqa: E402
+from engine.data.parquet_io import atomic_path  # noqa: E402
+from engine.training.metrics import roc_auc, roc_curve  # noqa: E402
 
 
-def _save(fig, path: Path) -> Path:
+def _save(fig, path: Path, title: str) -> Path:
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
     return path
 
 
-def confusion(cm: np.ndarray, names: list[str], path: Path) -> Path:
-    """Row-normalised confusion matrix (true class per row)."""
+def confusion(cm: np.ndarray, names: list[str], path: Path, title: str) -> Path:
+    """Event counts per (true, predicted) class; colour and the number in brackets are the
+    fraction of each true class (rows sum to 1)."""
     rates = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
-    fig, ax = plt.subplots(figsize=(4 + 0.4 * len(names), 3.6 + 0.4 * len(names)))
-    ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    k = len(names)
+    fig, ax = plt.subplots(figsize=(4.2 + 0.5 * k, 3.6 + 0.4 * k))
+    image = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
     for (i, j), v in np.ndenumerate(rates):
-        ax.text(j, i, f"{v:.3f}", ha="center", va="center", color="white" if v > 0.5 else "black")
-    ax.set(xticks=range(len(names)), yticks=range(len(names)), xticklabels=names, yticklabels=names,
-           xlabel="predicted", ylabel="true", title="normalised confusion matrix")
-    return _save(fig, path)
+        ax.text(j, i, f"{cm[i, j]:,}\n({v:.3f})", ha="center", va="center", fontsize=9,
+                color="white" if v > 0.5 else "black")
+    ax.set(xticks=range(k), yticks=range(k), xticklabels=names, yticklabels=names,
+           xlabel="predicted class", ylabel="true class",
+           title="confusion matrix: events (fraction of the true class)")
+    ax.title.set_fontsize(9)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class (row-normalised)")
+    return _save(fig, path, title)
 
 
-def roc(scores: np.ndarray, labels: np.ndarray, names: list[str], path: Path) -> Path:
-    """One-vs-rest ROC curve per class."""
-    fig, ax = plt.subplots(figsize=(5, 4.5))
+def roc(scores: np.ndarray, labels: np.ndarray, names: list[str], path: Path, title: str) -> Path:
+    """One-vs-rest ROC per class: background rejection 1/eps_B (log) against signal efficiency
+    eps_S, beside the linear eps_S against eps_B; AUC in the legends."""
+    fig, (log_ax, lin_ax) = plt.subplots(1, 2, figsize=(10, 4.3))
     for i, name in enumerate(names):
-        if (labels == i).any() and (labels != i).any():
-            fpr, tpr = roc_curve(labels == i, scores[:, i])
-            ax.plot(fpr, tpr, label=name)
-    ax.plot([0, 1], [0, 1], ls=":", color="grey")
-    ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC, one vs rest")
-    ax.legend()
-    return _save(fig, path)
+        if not ((labels == i).any() and (labels != i).any()):
+            continue
+        fpr, tpr = roc_curve(labels == i, scores[:, i])
+        label = f"{name} vs rest (AUC {roc_auc(labels == i, scores[:, i]):.4f})"
+        keep = fpr > 0                                     # 1/eps_B is infinite where eps_B = 0
+        (line,) = log_ax.plot(tpr[keep], 1.0 / fpr[keep], label=label)
+        lin_ax.plot(fpr, tpr, color=line.get_color(), label=label)
+    log_ax.plot([0, 1], [1, 1], ls=":", color="grey", label="random")
+    log_ax.set(xlabel="signal efficiency $\\varepsilon_S$", ylabel="background rejection $1/\\varepsilon_B$",
+               yscale="log", xlim=(0, 1), title="background rejection (one vs rest)")
+    lin_ax.plot([0, 1], [0, 1], ls=":", color="grey", label="random")
+    lin_ax.set(xlabel="background efficiency $\\varepsilon_B$", ylabel="signal efficiency $\\varepsilon_S$",
+               xlim=(0, 1), ylim=(0, 1.01), title="ROC (one vs rest)")
+    for ax in (log_ax, lin_ax):
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8)
+    return _save(fig, path, title)
 
 
 def score_distributions(scores: np.ndarray, labels: np.ndarray, names: list[str], signal: int,
-                        path: Path) -> Path:
-    """Distribution of the signal-class score for each true class."""
+                        path: Path, title: str) -> Path:
+    """Distribution of the signal-class score for each true class (each normalised to unit area)."""
     fig, ax = plt.subplots(figsize=(5.5, 4))
     bins = np.linspace(0, 1, 41)
     for i, name in enumerate(names):
-        ax.hist(scores[labels == i, signal], bins=bins, histtype="step", density=True, label=name)
-    ax.set(xlabel=f"score({names[signal]})", ylabel="density", yscale="log", title="score distributions")
-    ax.legend()
-    return _save(fig, path)
+        if (labels == i).any():
+            ax.hist(scores[labels == i, signal], bins=bins, histtype="step", density=True,
+                    label=f"true {name}")
+    ax.set(xlabel=f"score({names[signal]})", ylabel="density (unit area per class)", yscale="log",
+           title=f"{names[signal]} score by true class")
+    ax.legend(fontsize=8)
+    return _save(fig, path, title)
 
 
-def training_curves(rows: list[dict], path: Path) -> Path:
-    """Loss (train and validation) and validation accuracy against optimizer steps."""
-    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.6))
-    for split, style in (("train", "-"), ("val", "o-")):
-        pts = [(r["step"], r["loss"]) for r in rows if r.get("split") == split and "loss" in r]
-        if pts:
-            left.plot(*zip(*pts), style, label=split)
-    acc = [(r["step"], r["accuracy"]) for r in rows if r.get("split") == "val" and "accuracy" in r]
-    if acc:
-        right.plot(*zip(*acc), "o-")
-    left.set(xlabel="step", ylabel="loss", title="loss")
-    left.legend()
-    right.set(xlabel="step", ylabel="accuracy", title="validation accuracy")
-    return _save(fig, path)
+def fractional_epochs(rows: list[dict]) -> list[float]:
+    """Epoch of each log row as a float: epoch e spans [e, e + 1); a row at step s of epoch e sits
+    at e + (s - first step of e) / (steps in e). Epoch boundaries are the validation rows' steps
+    (written at the end of each epoch), else the last logged step of each epoch."""
+    val_end: dict[int, float] = {}
+    last: dict[int, float] = {}
+    for r in rows:
+        e = int(r["epoch"])
+        last[e] = max(last.get(e, 0.0), r["step"])
+        if r.get("split") == "val":
+            val_end[e] = r["step"]
+    ends = {**last, **val_end}
+    out = []
+    for r in rows:
+        e = int(r["epoch"])
+        start = max((s for k, s in ends.items() if k < e), default=0.0)
+        span = ends[e] - start
+        out.append(e + ((r["step"] - start) / span if span > 0 else 1.0))
+    return out
+
+
+def training_curves(rows: list[dict], path: Path, title: str) -> Path:
+    """Loss and accuracy against epoch, train (per logged window) and validation (end of epoch)."""
+    rows = [r for r in rows if "step" in r and "epoch" in r]
+    epochs = fractional_epochs(rows)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for split, style, colour, label in (("train", "-", "C0", "train (logged window)"),
+                                        ("val", "o-", "C1", "validation (end of epoch)")):
+        for ax, key in ((left, "loss"), (right, "accuracy")):
+            pts = [(x, r[key]) for x, r in zip(epochs, rows) if r.get("split") == split and key in r]
+            if pts:
+                ax.plot(*zip(*pts), style, color=colour, label=label, ms=4)
+    left.set(xlabel="epoch", ylabel="loss (cross-entropy)", title="loss")
+    right.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
+    for ax in (left, right):
+        ax.set_xlim(left=0)
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    return _save(fig, path, title)
 
 
 def mass_per_class(mass: np.ndarray, predicted: np.ndarray, weights: np.ndarray, names: list[str],
-                   path: Path, label: str = "dimuon mass [GeV]") -> Path:
+                   path: Path, label: str, title: str) -> Path:
     """Weighted mass spectrum of the events predicted as each class (NaN masses left out)."""
     fig, ax = plt.subplots(figsize=(6, 4))
-    bins = np.linspace(0, 200, 51)
     ok = np.isfinite(mass)
+    top = max(200.0, float(np.quantile(mass[ok], 0.99))) if ok.any() else 200.0
+    bins = np.linspace(0, top, 51)
     for i, name in enumerate(names):
         sel = ok & (predicted == i)
-        ax.hist(mass[sel], bins=bins, weights=weights[sel], histtype="step", label=f"predicted {name}")
+        if sel.any():
+            ax.hist(mass[sel], bins=bins, weights=weights[sel], histtype="step", label=f"predicted {name}")
     if not ok.any():
-        ax.text(0.5, 0.5, "no event with two muons", transform=ax.transAxes, ha="center")
-    ax.set(xlabel=label, ylabel="events (cross-section weighted)", title="pseudo-data by predicted class")
-    ax.legend()
-    return _save(fig, path)
+        ax.text(0.5, 0.5, "no event has this variable", transform=ax.transAxes, ha="center")
+    ax.set(xlabel=label, ylabel="events (cross-section weighted) / bin", title="pseudo-data by predicted class")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+    return _save(fig, path, title)
