@@ -57,7 +57,9 @@ class LoaderConfig:
     # a fixed subset in stored order (the shard step shuffled it globally), the same every epoch
     skip_bad: bool = False                        # skip (and count) bad shards instead of failing:
     # shards are checked when the split is opened (size, index, every member's tar and block
-    # header); a member whose payload then fails its CRC is an error even with skip_bad
+    # header; with skip_bad also every payload: CRC, labels, events per class), so a shard with a
+    # bad block is skipped whole; a member that fails later (file changed under a running job) is
+    # an error naming the shard and member
     drop_last: bool = False                       # only full batches (rest counted as dropped)
     prefetch_factor: int = 4                      # batches in flight per worker
     dali_blocks_per_run: int = 4                  # DALI: blocks (tar members) per pipeline run
@@ -248,7 +250,7 @@ class BlockReader:
         self.member_of = np.concatenate([np.arange(len(s.events)) for s in data.shards]
                                         or [np.zeros(0, np.int64)])
         self.events = np.concatenate([s.events for s in data.shards] or [np.zeros(0, np.int64)])
-        self.shards = data.shards
+        self.shards, self.n_classes = data.shards, data.n_classes
         self._files: dict[int, object] = {}
 
     def load(self, block_id: int) -> encoding.Block:
@@ -258,16 +260,7 @@ class BlockReader:
         if f is None:
             f = self._files[self.shard_of[block_id]] = open(shard.path, "rb")
         f.seek(int(shard.offsets[j]))
-        data = f.read(int(shard.sizes[j]))
-        try:
-            if len(data) != shard.sizes[j]:
-                raise encoding.BlockError("member cut short (truncated shard)")
-            block = encoding.decode(data)
-        except encoding.BlockError as exc:
-            raise InputError(f"{shard.path} member {j}", str(exc)) from None
-        if block.first_index != shard.first_index[j]:
-            raise InputError(f"{shard.path} member {j}", "block is not where the manifest says")
-        return block
+        return shards.decode_member(f.read(int(shard.sizes[j])), shard, j, self.n_classes)
 
 
 def make_loader(path, cfg: LoaderConfig | None = None, rank: int = 0, world_size: int = 1,
