@@ -204,8 +204,9 @@ def test_truncated_shard_is_an_error_or_skipped_and_counted(damaged):
     assert s["shards_skipped"][0]["name"] == tar.name
     assert len(index) == s["events_readable"] == s["events_manifest"] - s["events_in_skipped_shards"]
     report = inspect_shards(damaged)
-    assert not report["ok"] and tar.name in report["problems"][0]
-    assert "problem: train: shard" in format_inspection(report)
+    assert not report["ok"] and report["problems"][0].startswith(f"{tar}: ")
+    assert f"read {len(index)} events, the manifest says {s['events_manifest']}" in report["problems"][1]
+    assert f"NOT OK: {len(report['problems'])} problems" in format_inspection(report)
 
 
 def test_corrupt_member_is_an_error_naming_the_member(damaged):
