@@ -24,7 +24,8 @@ def inspect_shards(path: str | Path, batch_size: int = 65_536) -> dict:
     names = list(manifest["splits"]) if (Path(path) / shards.MANIFEST).is_file() else [split]
     report = {"path": str(root), "kind": manifest["kind"], "class_names": manifest["class_names"],
               "events_manifest": manifest["events"], "bytes": manifest["bytes"],
-              "bytes_per_event": manifest["bytes_per_event"], "splits": {}, "problems": []}
+              "bytes_per_event": manifest["bytes"] / manifest["events"] if manifest["events"] else None,
+              "splits": {}, "problems": []}
     for name in names:
         split = _inspect_split(root, name, manifest, batch_size)
         report["splits"][name] = split
