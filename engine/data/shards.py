@@ -230,11 +230,13 @@ def write_shards(paths: list[str | Path], out: str | Path, opts: ShardOptions) -
 
 def remove_stale_temporaries(out: Path) -> list[Path]:
     """Delete the temporary folders of `out` left by killed `write_shards` runs (their process is
-    gone); a run still in progress keeps its own. Returns the folders removed."""
+    gone, or its pid is now this process's); a run still in progress in another process keeps
+    its own. Returns the folders removed."""
     prefix, removed = f".{out.name}.tmp-", []
     for tmp in (out.parent.iterdir() if out.parent.is_dir() else ()):
         pid = tmp.name[len(prefix):]
-        if tmp.name.startswith(prefix) and pid.isdigit() and not _alive(int(pid)):
+        if (tmp.name.startswith(prefix) and pid.isdigit()
+                and (int(pid) == os.getpid() or not _alive(int(pid)))):
             shutil.rmtree(tmp, ignore_errors=True)
             removed.append(tmp)
     return removed
