@@ -298,3 +298,17 @@ def test_stale_temporaries_of_the_same_target_are_removed(event_inputs, tmp_path
     assert not stale.exists() and not reused.exists()
     assert running.exists() and all(p.exists() for p in others)
     assert shards.open_split(tmp_path / "out").events_readable == 350 * 3
+
+
+@pytest.mark.parametrize("field", ["n_events", "n_objects", "n_pids", "raw_size"])
+def test_header_sizes_must_agree_before_anything_is_decompressed(field):
+    types = np.array([[1, 3, 5], [2, 5, 0]], np.int8)
+    data = encoding.encode(encoding.block_from_padded(types, np.ones((2, 3, 6), np.float32),
+                                                      np.array([0, 1])))
+    values = list(encoding.HEADER.unpack_from(data))
+    values[5 + ["n_events", "n_objects", "n_pids", "raw_size"].index(field)] += 1 << 20
+    forged = encoding.HEADER.pack(*values) + data[encoding.HEADER.size:]
+    with pytest.raises(encoding.BlockError, match="header inconsistent"):
+        encoding.read_header(forged)
+    with pytest.raises(encoding.BlockError, match="header inconsistent"):
+        encoding.decode(forged)
