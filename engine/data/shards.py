@@ -1,6 +1,7 @@
 """Canonical Parquet -> WebDataset shards per split, with a manifest and DALI index files.
 
-Layout of a shard folder (written into a hidden temporary folder, renamed into place at the end):
+Layout of a shard folder (written into the hidden folder .<out>.tmp-<pid>, renamed into place at
+the end; readers refuse such a folder, and the next run removes those of killed runs):
   manifest.json                 see `build_manifest`
   train/train-00000.tar         WebDataset tar: members 000000.blk, 000001.blk, ... each one block
   train/train-00000.idx         of `events_per_member` events (engine.data.encoding); index in the
@@ -10,6 +11,11 @@ Labels: the manifest's `class_names` is the sorted union of the inputs' class na
 label is re-derived from its `process`. Events are shuffled globally (seeded) before writing, so
 every shard mixes all classes. Splits are stratified per class; `balance` first downsamples
 every class with events to the smallest one.
+
+Reading side: `open_split` validates the manifest (engine.data.manifest), then checks each shard's
+size, index, tar headers and block headers against it; with `skip_bad` it also decodes every
+member (CRC, labels within the classes, events per class) and skips a bad shard whole.
+`decode_member` applies the same block checks wherever a block is read later.
 """
 from __future__ import annotations
 
