@@ -226,8 +226,9 @@ def test_corrupt_member_is_an_error_naming_the_member(damaged):
     assert not np.isin(np.arange(s["events_in_skipped_shards"]), index).any()   # the first shard
 
 
-def test_changed_under_a_running_job_is_an_error_naming_shard_and_member(damaged):
-    loader = make_loader(damaged, _cfg(shuffle=False, skip_bad=True))
+@pytest.mark.parametrize("workers", [0, 2])
+def test_changed_under_a_running_job_is_an_error_naming_shard_and_member(damaged, workers):
+    loader = make_loader(damaged, _cfg(shuffle=False, skip_bad=True, workers=workers))
     tar = _first_tar(damaged)
     offsets, sizes, names = shards.read_index(tar.with_suffix(".idx"))
     data = bytearray(tar.read_bytes())

@@ -386,6 +386,8 @@ class TorchLoader(StreamLoader):
                 self.stream, batch_size=None, num_workers=workers, persistent_workers=True,
                 prefetch_factor=self.cfg.prefetch_factor)
         for ticket in self._loader:       # the batch waits in a worker's shared ring (SharedRing)
+            if "error" in ticket:         # a worker's InputError, raised here as one line
+                raise InputError(*ticket["error"])
             batch = self.stream.rings[ticket["ring"]].get(ticket)
             # numpy's copy: torch's clone is a multi-threaded copy, far slower at this size
             yield {k: t.pin_memory() if pin else torch.from_numpy(t.numpy().copy())
@@ -414,9 +416,16 @@ class _EpochStream(torch.utils.data.IterableDataset):
         ring = None if info is None else self.rings[info.id]
         segments = ((_Load(self.reader, block), lo, hi)
                     for block, lo, hi in stream_segments(plan, first, count))
-        yield from window_batches(segments, count, self.kind, self.cap, self.cfg,
-                                  [self.cfg.seed, epoch, self.rank, worker],
-                                  len(range(worker, skip, workers)), ring)
+        batches = window_batches(segments, count, self.kind, self.cap, self.cfg,
+                                 [self.cfg.seed, epoch, self.rank, worker],
+                                 len(range(worker, skip, workers)), ring)
+        if info is None:
+            yield from batches
+            return
+        try:                  # PyTorch would re-raise it as a RuntimeError holding a traceback
+            yield from batches
+        except InputError as exc:
+            yield {"error": (exc.source, exc.problem)}
 
 
 class _Load:
