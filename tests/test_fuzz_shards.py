@@ -4,11 +4,12 @@ Faults: byte flips (tar headers, block headers, payloads, anywhere), truncations
 swapped and reordered members, index edits, manifest edits (keys deleted, numbers and types
 changed, text damaged, structure changed) and forged blocks with a valid CRC (labels outside the
 classes, labels of another class). For every case a full epoch of the damaged split through the
-loader (torch backend, without and with `skip_bad`; the DALI backend for one case of each fault)
-and `inspect` (in-process; as a subprocess for a sample) either deliver every event exactly once
-(with `skip_bad`: every event of the shards not skipped, each skipped shard whole and counted), or
-stop with one InputError / exit 2 and one line naming a file. `inspect` reports "ok" only when
-every split reads exactly what the undamaged folder holds.
+loader (torch backend, without and with `skip_bad`; for one case of each fault also with a
+DataLoader worker process and with the DALI backend) and `inspect` (in-process; as a subprocess
+for a sample) either deliver every event exactly once (with `skip_bad`: every event of the shards
+not skipped, each skipped shard whole and counted), or stop with one InputError / exit 2 and one
+line naming a file. `inspect` reports "ok" only when every split reads exactly what the undamaged
+folder holds.
 """
 from __future__ import annotations
 
@@ -375,6 +376,8 @@ def test_every_corruption_is_read_exactly_once_or_one_line(pristine, fault, tmp_
         split = fault(np.random.default_rng([FAULTS.index(fault), seed]), folder)
         outcomes.append(check_loader(folder, split, truth[split]))
         outcomes.append(check_loader(folder, split, truth[split], skip_bad=True))
+        if seed == 1:                   # errors found in a DataLoader worker process
+            outcomes.append(check_loader(folder, split, truth[split], workers=1))
         if seed == 0 and HAS_DALI:
             outcomes.append(check_loader(folder, split, truth[split], backend="dali",
                                          dali_initial_fill=4))
