@@ -278,9 +278,12 @@ def test_parquet_where_shards_are_needed(event_inputs, tmp_path):
             assert caught.value.source == str(path)
     with pytest.raises(InputError, match="no such file or folder"):
         shards.load_manifest(tmp_path / "nothing")
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(InputError, match="no manifest.json here"):
-        shards.load_manifest(tmp_path / "empty")
+    (tmp_path / "lost" / "train").mkdir(parents=True)        # shards that lost their manifest
+    for name in ("train/train-00000.tar", "train/sidecar.parquet"):
+        (tmp_path / "lost" / name).write_bytes(b"x")
+    for path in (tmp_path / "lost", tmp_path / "lost" / "train"):
+        with pytest.raises(InputError, match="no manifest.json here"):
+            shards.load_manifest(path)
 
 
 def test_stale_temporaries_of_the_same_target_are_removed(event_inputs, tmp_path):

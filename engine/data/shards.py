@@ -314,9 +314,17 @@ def locate_split(path: str | Path, split: str | None = None) -> tuple[Path, str]
         return path.parent, path.name
     if not path.exists():
         raise InputError(path, "no such file or folder")
-    if path.suffix == ".parquet" or (path.is_dir() and next(path.rglob("*.parquet"), None)):
+    if _holds_parquet(path):
         raise InputError(path, "holds Parquet files, not shards: run `python -m engine shard` first")
     raise InputError(path, f"no {MANIFEST} here or in the parent folder (not a shard folder?)")
+
+
+def _holds_parquet(path: Path) -> bool:
+    """A Parquet file, or a folder with Parquet files and no shards (a shard folder that lost its
+    manifest holds tars beside its Parquet sidecars)."""
+    if path.is_file():
+        return path.suffix == ".parquet"
+    return next(path.rglob("*.parquet"), None) is not None and next(path.rglob("*.tar"), None) is None
 
 
 def load_manifest(path: str | Path) -> dict:
