@@ -259,6 +259,7 @@ def test_inconsistent_manifest_is_one_line(event_shards, tmp_path, path, value, 
     assert caught.value.source == str(copy / "manifest.json") and "\n" not in str(caught.value)
 
 
+@pytest.mark.slow
 def test_manifest_missing_a_key_exits_2_from_every_command(event_shards, tmp_path):
     copy = _edited(event_shards, tmp_path, _set(("splits",), None))
     for command in (["inspect", copy], ["render", "--input", copy, "--out", tmp_path / "img"]):
