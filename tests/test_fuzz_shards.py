@@ -124,7 +124,8 @@ def truncate(rng, folder):
 def delete_file(rng, folder):
     split, _, entry = _pick(rng, folder)
     choice = rng.integers(5)
-    (folder / "manifest.json" if choice == 4 else folder / split / entry[["name", "index"][choice % 2]]).unlink()
+    victim = folder / split / entry[["name", "index"][choice % 2]]
+    (folder / "manifest.json" if choice == 4 else victim).unlink()
     return split
 
 
@@ -190,7 +191,7 @@ def edit_index(rng, folder):
         line = row if choice == 2 else 0
         parts = lines[line].split()
         col = rng.integers(1, 3) if choice == 2 else 1          # offset or size; or the count
-        parts[col] = str(int(parts[col]) + int(rng.choice([-512, -1, 1, 7, 512])))
+        parts[col] = str(int(parts[col]) + [-512, -1, 1, 7, 512, 10 ** 20][rng.integers(6)])
         lines[line] = " ".join(parts)
     idx.write_text("\n".join(lines) + "\n")
     return split

@@ -239,6 +239,15 @@ def test_changed_under_a_running_job_is_an_error_naming_shard_and_member(damaged
     assert caught.value.source == str(tar)
 
 
+def test_shard_deleted_under_a_running_job_is_one_line(damaged):
+    loader = make_loader(damaged, _cfg(shuffle=False))
+    tar = _first_tar(damaged)
+    tar.unlink()
+    with pytest.raises(InputError, match="unreadable .No such file") as caught:
+        _epoch(loader)
+    assert caught.value.source == str(tar)
+
+
 def test_other_block_version_missing_index_missing_manifest(damaged):
     tar = _first_tar(damaged)
     data = bytearray(tar.read_bytes())

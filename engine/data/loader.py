@@ -257,10 +257,14 @@ class BlockReader:
         shard = self.shards[self.shard_of[block_id]]
         j = self.member_of[block_id]
         f = self._files.get(self.shard_of[block_id])
-        if f is None:
-            f = self._files[self.shard_of[block_id]] = open(shard.path, "rb")
-        f.seek(int(shard.offsets[j]))
-        return shards.decode_member(f.read(int(shard.sizes[j])), shard, j, self.n_classes)
+        try:
+            if f is None:
+                f = self._files[self.shard_of[block_id]] = open(shard.path, "rb")
+            f.seek(int(shard.offsets[j]))
+            data = f.read(int(shard.sizes[j]))
+        except OSError as exc:
+            raise InputError(shard.path, f"unreadable ({exc.strerror or type(exc).__name__})") from None
+        return shards.decode_member(data, shard, j, self.n_classes)
 
 
 def make_loader(path, cfg: LoaderConfig | None = None, rank: int = 0, world_size: int = 1,

@@ -25,6 +25,7 @@ import os
 import re
 import shutil
 import tarfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -386,12 +387,12 @@ def check_shard(folder: Path, entry: dict, kind: str, first_index: int) -> Shard
     if len(offsets) != len(events):
         raise InputError(idx, f"{len(offsets)} samples, the manifest says {len(events)}")
     firsts = first_index + np.cumsum(events) - events
-    with open(tar, "rb") as f:
+    with _readable(tar) as f:
         for j in range(len(offsets)):
             problem = _check_member(f.fileno(), offsets[j], sizes[j], names[j], kind,
                                     events[j], firsts[j], entry["bytes"])
             if problem:
-                raise InputError(tar, f"member {names[j] or j}: {problem}")
+                raise InputError(tar, f"member {names[j]}: {problem}")
     return ShardInfo(entry["name"], tar, offsets, sizes, events, firsts, entry["events_per_class"],
                      names)
 
@@ -400,7 +401,7 @@ def verify_shard(info: ShardInfo, n_classes: int) -> None:
     """Decode every member of a checked shard; InputError naming the member of the first bad one,
     or the shard if its labels disagree with the manifest's events per class."""
     per_class = np.zeros(n_classes, np.int64)
-    with open(info.path, "rb") as f:
+    with _readable(info.path) as f:
         for j in range(len(info.offsets)):
             block = decode_member(os.pread(f.fileno(), int(info.sizes[j]), int(info.offsets[j])),
                                   info, j, n_classes)
@@ -408,6 +409,16 @@ def verify_shard(info: ShardInfo, n_classes: int) -> None:
     if per_class.tolist() != list(info.events_per_class):
         raise InputError(info.path, f"events per class {per_class.tolist()}, the manifest says "
                                     f"{list(info.events_per_class)}")
+
+
+@contextmanager
+def _readable(path: Path):
+    """The file opened for reading; an OSError (permissions, I/O) becomes an InputError naming it."""
+    try:
+        with open(path, "rb") as f:
+            yield f
+    except OSError as exc:
+        raise InputError(path, f"unreadable ({exc.strerror or exc.__class__.__name__})") from None
 
 
 def decode_member(data: bytes, info: ShardInfo, j: int, n_classes: int) -> encoding.Block:
@@ -442,7 +453,9 @@ def read_index(idx: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
         offsets = np.array([int(r[1]) for r in rows], np.int64)
         sizes = np.array([int(r[2]) for r in rows], np.int64)
         return offsets, sizes, [r[3] for r in rows]
-    except (ValueError, IndexError):
+    except OSError as exc:
+        raise InputError(idx, f"unreadable ({exc.strerror or exc.__class__.__name__})") from None
+    except (ValueError, IndexError, OverflowError):
         raise InputError(idx, "not a valid index file (expected DALI wds2idx v1.2)") from None
 
 
