@@ -16,6 +16,7 @@ import time
 import numpy as np
 import pytest
 
+import engine.__main__ as cli
 from engine.data import shards, synthetic
 from engine.data.loader import make_loader
 from engine.data.shard_inspect import inspect_shards
@@ -71,6 +72,7 @@ def _assert_nothing_to_pick_up(out, reference):
             make_loader(tmp)
         with pytest.raises(InputError, match="unfinished output"):
             inspect_shards(tmp / "train")
+        assert cli.main(["inspect", str(tmp)]) == 2
 
 
 @pytest.mark.slow

@@ -18,8 +18,9 @@ def add_arguments(parser) -> None:
 
 
 def _is_shard_dir(path: Path) -> bool:
+    from engine.data.shards import TEMPORARY          # a killed `shard` run's folder is refused there
     return (path / "manifest.json").is_file() or (path.parent / "manifest.json").is_file() \
-        or any(path.glob("*.tar"))
+        or any(path.glob("*.tar")) or bool(TEMPORARY.fullmatch(path.name))
 
 
 def run(args) -> int:
