@@ -40,10 +40,10 @@ from engine.errors import InputError
 
 SHARD_FORMAT = "engine-wds-blocks"
 SHARD_FORMAT_VERSION = 1
+TEMPORARY = re.compile(r"\..+\.tmp-\d+")      # `write_shards` writes into .<out>.tmp-<pid>
 SPLITS = ("train", "val", "test")
 MEMBER_EXT = "blk"
 MANIFEST = "manifest.json"
-TEMPORARY = re.compile(r"\..+\.tmp-\d+")      # `write_shards` writes into .<out>.tmp-<pid>
 
 
 @dataclass
@@ -459,6 +459,13 @@ def read_index(idx: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
         raise InputError(idx, "not a valid index file (expected DALI wds2idx v1.2)") from None
 
 
+def _tar_size(header: bytes) -> int | None:
+    try:
+        return int(header[124:136].rstrip(b"\0 ").decode("ascii") or "0", 8)
+    except ValueError:
+        return None
+
+
 def _check_member(fd: int, offset: int, size: int, name: str, kind: str, events: int,
                   first: int, file_bytes: int) -> str | None:
     if offset < tarfile.BLOCKSIZE or size < 0 or offset + size > file_bytes:
@@ -477,9 +484,3 @@ def _check_member(fd: int, offset: int, size: int, name: str, kind: str, events:
         return "block header does not match the manifest"
     return None
 
-
-def _tar_size(header: bytes) -> int | None:
-    try:
-        return int(header[124:136].rstrip(b"\0 ").decode("ascii") or "0", 8)
-    except ValueError:
-        return None
