@@ -483,4 +483,3 @@ def _check_member(fd: int, offset: int, size: int, name: str, kind: str, events:
     if block.kind != kind or block.n_events != events or block.first_index != first:
         return "block header does not match the manifest"
     return None
-
