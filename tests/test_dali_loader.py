@@ -2,13 +2,16 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
 import torch
 
+from engine.data import shards
 from engine.data.dali_loader import dali_shard_events
 from engine.data.loader import LoaderConfig, make_loader
+from engine.errors import InputError
 from tests.events import synthetic_shards
 
 pytest.importorskip("nvidia.dali")
@@ -79,6 +82,24 @@ def test_seeded_epochs_and_resume(root):
     resumed = make_loader(root, _cfg())
     resumed.load_state_dict(first.state_dict())
     np.testing.assert_array_equal(_index(_epoch(resumed)), a[2 * BATCH:])
+
+
+def test_corrupt_block_error_names_the_shard_and_member(root, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(root, copy)
+    tar = sorted((copy / "train").glob("*.tar"))[-1]
+    offsets, sizes, names = shards.read_index(tar.with_suffix(".idx"))
+    data = bytearray(tar.read_bytes())
+    data[offsets[-1] + sizes[-1] - 2] ^= 0x0F                       # payload: only the CRC tells
+    tar.write_bytes(bytes(data))
+    with pytest.raises(InputError, match=f"member {names[-1]}: corrupt block .CRC-32") as caught:
+        _epoch(make_loader(copy, _cfg(shuffle=False)))
+    assert caught.value.source == str(tar)
+    with pytest.warns(UserWarning, match=f"skipping shard train/{tar.name}"):
+        loader = make_loader(copy, _cfg(skip_bad=True))
+    index, summary = _index(_epoch(loader)), loader.summary()
+    assert len(np.unique(index)) == len(index) == summary["events_readable"] > 0
+    assert len(index) + summary["events_in_skipped_shards"] == summary["events_manifest"]
 
 
 def test_dali_shard_sizes_follow_dali():

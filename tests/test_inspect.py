@@ -2,9 +2,12 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from engine.data import parquet_io, schema
+from engine.data.shard_inspect import format_inspection, inspect_shards
 from engine.data.summary import summarize
-from tests.events import synthetic_events
+from tests.events import synthetic_events, synthetic_shards
 
 
 def _write(path, n, process, seed):
@@ -34,3 +37,30 @@ def test_cli_json_and_bad_input(tmp_path):
     res = subprocess.run([sys.executable, "-m", "engine", "inspect", str(bad)], capture_output=True, text=True)
     assert res.returncode == 2
     assert res.stderr.strip().count("\n") == 0 and str(bad) in res.stderr and "Traceback" not in res.stderr
+
+
+def _inspect(*args):
+    return subprocess.run([sys.executable, "-m", "engine", "inspect", *map(str, args)],
+                          capture_output=True, text=True)
+
+
+@pytest.mark.slow
+def test_shard_problems_exit_2_one_line_each_and_json_stays_readable(tmp_path):
+    root = synthetic_shards(tmp_path, 60, seed=1, events_per_member=20, shard_size_mb=0.004)
+    good = _inspect(root)
+    assert good.returncode == 0 and good.stderr == "" and "ok: everything matches" in good.stdout
+    tar = sorted((root / "train").glob("*.tar"))[0]
+    tar.write_bytes(tar.read_bytes()[:-700])
+    manifest = json.loads((root / "manifest.json").read_text())
+    total = manifest["splits"]["train"]["events"]
+    lost = next(s["events"] for s in manifest["splits"]["train"]["shards"] if s["name"] == tar.name)
+    res = _inspect(root, "--json")
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    report = json.loads(res.stdout)
+    assert not report["ok"] and report["splits"]["train"]["events_read"] == total - lost
+    lines = res.stderr.strip().splitlines()
+    assert lines == [f"error: {p}" for p in report["problems"]]
+    assert lines[0].startswith(f"error: {tar}: ") and "truncated" in lines[0]
+    assert f"read {total - lost} events, the manifest says {total}" in lines[1]
+    split = inspect_shards(root / "train")
+    assert split["problems"] == report["problems"] and "NOT OK: 3 problems" in format_inspection(split)

@@ -204,8 +204,9 @@ def test_truncated_shard_is_an_error_or_skipped_and_counted(damaged):
     assert s["shards_skipped"][0]["name"] == tar.name
     assert len(index) == s["events_readable"] == s["events_manifest"] - s["events_in_skipped_shards"]
     report = inspect_shards(damaged)
-    assert not report["ok"] and tar.name in report["problems"][0]
-    assert "problem: train: shard" in format_inspection(report)
+    assert not report["ok"] and report["problems"][0].startswith(f"{tar}: ")
+    assert f"read {len(index)} events, the manifest says {s['events_manifest']}" in report["problems"][1]
+    assert f"NOT OK: {len(report['problems'])} problems" in format_inspection(report)
 
 
 def test_corrupt_member_is_an_error_naming_the_member(damaged):
@@ -214,8 +215,37 @@ def test_corrupt_member_is_an_error_naming_the_member(damaged):
     offset = shards.read_index(tar.with_suffix(".idx"))[0][0]
     data[offset + encoding.HEADER.size + 20] ^= 0xFF                  # same size, bad payload
     tar.write_bytes(bytes(data))
-    with pytest.raises(InputError, match="member 0.*CRC"):
+    with pytest.raises(InputError, match="member 000000.blk: corrupt block .CRC-32") as caught:
         _epoch(make_loader(damaged, _cfg(shuffle=False)))
+    assert caught.value.source == str(tar)
+    with pytest.warns(UserWarning, match=f"skipping shard train/{tar.name}.*CRC"):
+        loader = make_loader(damaged, _cfg(skip_bad=True))       # found when the split is opened
+    index, s = _index(_epoch(loader)), loader.summary()
+    assert [k["name"] for k in s["shards_skipped"]] == [tar.name]
+    assert len(np.unique(index)) == len(index) == s["events_manifest"] - s["events_in_skipped_shards"]
+    assert not np.isin(np.arange(s["events_in_skipped_shards"]), index).any()   # the first shard
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_changed_under_a_running_job_is_an_error_naming_shard_and_member(damaged, workers):
+    loader = make_loader(damaged, _cfg(shuffle=False, skip_bad=True, workers=workers))
+    tar = _first_tar(damaged)
+    offsets, sizes, names = shards.read_index(tar.with_suffix(".idx"))
+    data = bytearray(tar.read_bytes())
+    data[offsets[1] + sizes[1] - 1] ^= 0x55
+    tar.write_bytes(bytes(data))
+    with pytest.raises(InputError, match=f"member {names[1]}: corrupt block") as caught:
+        _epoch(loader)
+    assert caught.value.source == str(tar)
+
+
+def test_shard_deleted_under_a_running_job_is_one_line(damaged):
+    loader = make_loader(damaged, _cfg(shuffle=False))
+    tar = _first_tar(damaged)
+    tar.unlink()
+    with pytest.raises(InputError, match="unreadable .No such file") as caught:
+        _epoch(loader)
+    assert caught.value.source == str(tar)
 
 
 def test_other_block_version_missing_index_missing_manifest(damaged):

@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import re
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -207,3 +210,109 @@ def test_read_inputs_rejects_unknown_process(tmp_path):
     parquet_io.write_table(path, table, "events", ["ttbar"], {})
     with pytest.raises(InputError, match="process missing"):
         shards.read_inputs([path])
+
+
+def _edited(event_shards, tmp_path, edit):
+    """A copy of the shards whose manifest went through `edit(manifest)`."""
+    copy = tmp_path / "copy"
+    shutil.copytree(event_shards, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    edit(manifest)
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    return copy
+
+
+def _set(path, value):
+    def edit(manifest):
+        *parents, last = path
+        for key in parents:
+            manifest = manifest[key]
+        if value is None:
+            del manifest[last]
+        else:
+            manifest[last] = value
+    return edit
+
+
+@pytest.mark.parametrize("path, value, message", [
+    (("kind",), None, "'kind' is None"),
+    (("kind",), "jets", "'kind' is 'jets'"),
+    (("class_names",), None, "'class_names' must be"),
+    (("class_names",), [], "'class_names' must be"),
+    (("class_names",), ["dy", "dy", "wjets"], "'class_names' must be"),
+    (("splits",), None, "'splits' must be"),
+    (("splits",), [], "'splits' must be"),
+    (("splits", "val", "events"), "150", "'splits.val.events' must be"),
+    (("splits", "val", "events"), 151, "'splits.val.events' is not the sum"),
+    (("splits", "val", "events_per_class"), [1, 2], "must list 3 counts"),
+    (("splits", "train", "shards", 0, "name"), "../x.tar", "'name' must be a plain file name"),
+    (("splits", "train", "shards", 0, "members"), None, "'members' must be"),
+    (("splits", "train", "shards", 0, "members"), [1, 2], "not the sum of its members"),
+    (("splits", "train", "shards", 1, "bytes"), -1, "'bytes' must be"),
+    (("splits", "train", "shards", 1, "events_per_class"), [0, 0, 1], "not the sum of its members"),
+    (("events",), 1, "'events' is not the sum"),
+])
+def test_inconsistent_manifest_is_one_line(event_shards, tmp_path, path, value, message):
+    copy = _edited(event_shards, tmp_path, _set(path, value))
+    with pytest.raises(InputError, match=re.escape(message)) as caught:
+        shards.open_split(copy, "train")
+    assert caught.value.source == str(copy / "manifest.json") and "\n" not in str(caught.value)
+
+
+@pytest.mark.slow
+def test_manifest_missing_a_key_exits_2_from_every_command(event_shards, tmp_path):
+    copy = _edited(event_shards, tmp_path, _set(("splits",), None))
+    for command in (["inspect", copy], ["render", "--input", copy, "--out", tmp_path / "img"]):
+        result = subprocess.run([sys.executable, "-m", "engine", *map(str, command)],
+                                capture_output=True, text=True)
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+        assert result.stderr.strip() == f"error: {copy / 'manifest.json'}: 'splits' must be a " \
+                                        "non-empty object of splits"
+
+
+def test_parquet_where_shards_are_needed(event_inputs, tmp_path):
+    message = "holds Parquet files, not shards: run `python -m engine shard` first"
+    for path in (event_inputs, next(event_inputs.glob("*.parquet"))):
+        for read in (shards.load_manifest, shards.open_split, shards.locate_split):
+            with pytest.raises(InputError, match=re.escape(message)) as caught:
+                read(path)
+            assert caught.value.source == str(path)
+    with pytest.raises(InputError, match="no such file or folder"):
+        shards.load_manifest(tmp_path / "nothing")
+    (tmp_path / "lost" / "train").mkdir(parents=True)        # shards that lost their manifest
+    for name in ("train/train-00000.tar", "train/sidecar.parquet"):
+        (tmp_path / "lost" / name).write_bytes(b"x")
+    for path in (tmp_path / "lost", tmp_path / "lost" / "train"):
+        with pytest.raises(InputError, match="no manifest.json here"):
+            shards.load_manifest(path)
+
+
+def test_stale_temporaries_of_the_same_target_are_removed(event_inputs, tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
+    stale, running = tmp_path / f".out.tmp-{dead}", tmp_path / f".out.tmp-{os.getppid()}"
+    reused = tmp_path / f".out.tmp-{os.getpid()}"          # a killed run's pid, now this process's
+    others = [tmp_path / f".other.tmp-{dead}", tmp_path / f".out.tmp-{dead}x", tmp_path / "out.tmp-1"]
+    for folder in (stale, running, reused, *others):
+        (folder / "train").mkdir(parents=True)
+        (folder / "manifest.json").write_text("{}")
+    with pytest.raises(InputError, match="unfinished output of a `shard` run"):
+        shards.open_split(stale / "train")
+    shards.write_shards([event_inputs], tmp_path / "out", shards.ShardOptions(seed=5, **OPTS))
+    assert not stale.exists() and not reused.exists()
+    assert running.exists() and all(p.exists() for p in others)
+    assert shards.open_split(tmp_path / "out").events_readable == 350 * 3
+
+
+@pytest.mark.parametrize("field", ["n_events", "n_objects", "n_pids", "raw_size"])
+def test_header_sizes_must_agree_before_anything_is_decompressed(field):
+    types = np.array([[1, 3, 5], [2, 5, 0]], np.int8)
+    data = encoding.encode(encoding.block_from_padded(types, np.ones((2, 3, 6), np.float32),
+                                                      np.array([0, 1])))
+    values = list(encoding.HEADER.unpack_from(data))
+    values[5 + ["n_events", "n_objects", "n_pids", "raw_size"].index(field)] += 1 << 20
+    forged = encoding.HEADER.pack(*values) + data[encoding.HEADER.size:]
+    with pytest.raises(encoding.BlockError, match="header inconsistent"):
+        encoding.read_header(forged)
+    with pytest.raises(encoding.BlockError, match="header inconsistent"):
+        encoding.decode(forged)

@@ -1,8 +1,15 @@
-"""`python -m engine inspect PATH [--json]`: summarise a Parquet file/folder or a shard folder."""
+"""`python -m engine inspect PATH [--json]`: summarise a Parquet file/folder or a shard folder.
+
+The summary goes to stdout (as JSON with --json). A shard folder whose data disagrees with its
+manifest also prints one line per problem on stderr ("error: FILE: problem") and exits with 2.
+"""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
+
+from engine.errors import EXIT_BAD_INPUT
 
 
 def add_arguments(parser) -> None:
@@ -11,19 +18,23 @@ def add_arguments(parser) -> None:
 
 
 def _is_shard_dir(path: Path) -> bool:
+    from engine.data.shards import TEMPORARY          # a killed `shard` run's folder is refused there
     return (path / "manifest.json").is_file() or (path.parent / "manifest.json").is_file() \
-        or any(path.glob("*.tar"))
+        or any(path.glob("*.tar")) or bool(TEMPORARY.fullmatch(path.name))
 
 
 def run(args) -> int:
     path = Path(args.path)
+    problems = []
     if path.is_dir() and _is_shard_dir(path):
         from engine.data.shard_inspect import format_inspection, inspect_shards
         summary = inspect_shards(path)
-        text = format_inspection(summary)
+        text, problems = format_inspection(summary), summary["problems"]
     else:
         from engine.data.summary import format_summary, summarize
         summary = summarize(path)
         text = format_summary(summary)
     print(json.dumps(summary, indent=2, sort_keys=True) if args.json else text)
-    return 0
+    for problem in problems:
+        print(f"error: {problem}", file=sys.stderr)
+    return EXIT_BAD_INPUT if problems else 0

@@ -47,6 +47,7 @@ class DaliLoader(StreamLoader):
         super().__init__(data, cfg, rank, world_size)
         self.block_events = np.concatenate([s.events for s in data.shards] or [np.zeros(0, np.int64)])
         self.shard_events = dali_shard_events(self.block_events, world_size)
+        self.members = {(str(s.path), name): (s, j) for s in data.shards for j, name in enumerate(s.members)}
 
     def _shard(self) -> int:
         return (self.rank + self.epoch) % self.world_size
@@ -99,26 +100,36 @@ class DaliLoader(StreamLoader):
         while remaining > 0:
             (samples,) = pipe.run()
             for i in range(min(remaining, len(samples))):
-                data = np.array(samples.at(i))          # copy: DALI reuses its buffers
-                n = encoding.read_header(data).n_events
+                load = self._member(samples[i])
+                n = int(load.shard.events[load.j])
                 if kept < need:
-                    first_blocks.append((data, n))
+                    first_blocks.append((load, n))
                     kept += n
                 own += n
-                yield _Decode(data), 0, n
+                yield load, 0, n
             remaining -= len(samples)
         del pipe
         yield from _repeats(first_blocks, self._stream() - own)
 
+    def _member(self, sample) -> "_Decode":
+        """The loader of one sample DALI read; its source_info() is 'TAR:OFFSET:MEMBER'."""
+        source = sample.source_info()
+        parts = source.rsplit(":", 2)
+        found = self.members.get((parts[0], parts[-1])) if len(parts) == 3 else None
+        if found is None:
+            raise InputError(source, "DALI read a sample that is not a member listed in the index")
+        shard, j = found
+        return _Decode(np.array(sample), shard, j, self.data.n_classes)   # copy: DALI reuses buffers
 
-def _repeats(blocks: list[tuple[np.ndarray, int]], needed: int) -> Iterator[tuple]:
+
+def _repeats(blocks: list[tuple["_Decode", int]], needed: int) -> Iterator[tuple]:
     """Segments repeating the first `needed` events of `blocks` (cycling if needed)."""
     while needed > 0 and blocks:
-        for data, n in blocks:
+        for load, n in blocks:
             k = min(n, needed)
             if k <= 0:
                 return
-            yield _Decode(data), 0, k
+            yield load, 0, k
             needed -= k
 
 
@@ -127,11 +138,10 @@ def _seed(seed: int, epoch: int, shard: int) -> int:
 
 
 class _Decode:
-    def __init__(self, data: np.ndarray):
-        self.data = data
+    """Decodes the bytes of member j of a shard (checked like the torch backend's blocks)."""
+
+    def __init__(self, data: np.ndarray, shard: shards.ShardInfo, j: int, n_classes: int):
+        self.data, self.shard, self.j, self.n_classes = data, shard, j, n_classes
 
     def __call__(self) -> encoding.Block:
-        try:
-            return encoding.decode(memoryview(self.data))
-        except encoding.BlockError as exc:
-            raise InputError("DALI reader block", str(exc)) from None
+        return shards.decode_member(memoryview(self.data), self.shard, self.j, self.n_classes)

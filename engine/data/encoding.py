@@ -227,7 +227,15 @@ def read_header(data: bytes | memoryview) -> Header:
         raise BlockError(f"block format version {version} (this engine reads {FORMAT_VERSION})")
     if kind >= len(KINDS) or codec >= len(CODECS):
         raise BlockError(f"unknown block kind {kind} or codec {codec}")
+    if raw != raw_size(KINDS[kind], n, m, p) or (KINDS[kind] == "events" and p):
+        raise BlockError("block header inconsistent (its sizes do not agree)")
     return Header(KINDS[kind], CODECS[codec], first, n, m, p, raw, crc)
+
+
+def raw_size(kind: str, n: int, m: int, p: int) -> int:
+    """Bytes of the uncompressed columns of a block of n events, m objects and p pids."""
+    head = 4 * n + (16 * n + 4 * p if kind == "fatjets" else 0)
+    return head + sum(np.dtype(dt).itemsize * (n if per == "n" else m) for _, per, dt in _layout(kind))
 
 
 def decode(data: bytes | memoryview) -> Block:

@@ -57,7 +57,9 @@ class LoaderConfig:
     # a fixed subset in stored order (the shard step shuffled it globally), the same every epoch
     skip_bad: bool = False                        # skip (and count) bad shards instead of failing:
     # shards are checked when the split is opened (size, index, every member's tar and block
-    # header); a member whose payload then fails its CRC is an error even with skip_bad
+    # header; with skip_bad also every payload: CRC, labels, events per class), so a shard with a
+    # bad block is skipped whole; a member that fails later (file changed under a running job) is
+    # an error naming the shard and member
     drop_last: bool = False                       # only full batches (rest counted as dropped)
     prefetch_factor: int = 4                      # batches in flight per worker
     dali_blocks_per_run: int = 4                  # DALI: blocks (tar members) per pipeline run
@@ -248,26 +250,21 @@ class BlockReader:
         self.member_of = np.concatenate([np.arange(len(s.events)) for s in data.shards]
                                         or [np.zeros(0, np.int64)])
         self.events = np.concatenate([s.events for s in data.shards] or [np.zeros(0, np.int64)])
-        self.shards = data.shards
+        self.shards, self.n_classes = data.shards, data.n_classes
         self._files: dict[int, object] = {}
 
     def load(self, block_id: int) -> encoding.Block:
         shard = self.shards[self.shard_of[block_id]]
         j = self.member_of[block_id]
         f = self._files.get(self.shard_of[block_id])
-        if f is None:
-            f = self._files[self.shard_of[block_id]] = open(shard.path, "rb")
-        f.seek(int(shard.offsets[j]))
-        data = f.read(int(shard.sizes[j]))
         try:
-            if len(data) != shard.sizes[j]:
-                raise encoding.BlockError("member cut short (truncated shard)")
-            block = encoding.decode(data)
-        except encoding.BlockError as exc:
-            raise InputError(f"{shard.path} member {j}", str(exc)) from None
-        if block.first_index != shard.first_index[j]:
-            raise InputError(f"{shard.path} member {j}", "block is not where the manifest says")
-        return block
+            if f is None:
+                f = self._files[self.shard_of[block_id]] = open(shard.path, "rb")
+            f.seek(int(shard.offsets[j]))
+            data = f.read(int(shard.sizes[j]))
+        except OSError as exc:
+            raise InputError(shard.path, f"unreadable ({exc.strerror or type(exc).__name__})") from None
+        return shards.decode_member(data, shard, j, self.n_classes)
 
 
 def make_loader(path, cfg: LoaderConfig | None = None, rank: int = 0, world_size: int = 1,
@@ -393,6 +390,8 @@ class TorchLoader(StreamLoader):
                 self.stream, batch_size=None, num_workers=workers, persistent_workers=True,
                 prefetch_factor=self.cfg.prefetch_factor)
         for ticket in self._loader:       # the batch waits in a worker's shared ring (SharedRing)
+            if "error" in ticket:         # a worker's InputError, raised here as one line
+                raise InputError(*ticket["error"])
             batch = self.stream.rings[ticket["ring"]].get(ticket)
             # numpy's copy: torch's clone is a multi-threaded copy, far slower at this size
             yield {k: t.pin_memory() if pin else torch.from_numpy(t.numpy().copy())
@@ -421,9 +420,16 @@ class _EpochStream(torch.utils.data.IterableDataset):
         ring = None if info is None else self.rings[info.id]
         segments = ((_Load(self.reader, block), lo, hi)
                     for block, lo, hi in stream_segments(plan, first, count))
-        yield from window_batches(segments, count, self.kind, self.cap, self.cfg,
-                                  [self.cfg.seed, epoch, self.rank, worker],
-                                  len(range(worker, skip, workers)), ring)
+        batches = window_batches(segments, count, self.kind, self.cap, self.cfg,
+                                 [self.cfg.seed, epoch, self.rank, worker],
+                                 len(range(worker, skip, workers)), ring)
+        if info is None:
+            yield from batches
+            return
+        try:                  # PyTorch would re-raise it as a RuntimeError holding a traceback
+            yield from batches
+        except InputError as exc:
+            yield {"error": (exc.source, exc.problem)}
 
 
 class _Load:

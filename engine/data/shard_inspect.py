@@ -2,7 +2,9 @@
 
 `inspect_shards(path)` returns a JSON-able dict: per split the events per class read and listed in
 the manifest, the shards skipped as unreadable (with the reason), and `problems`, a list of
-one-line mismatches (empty when everything agrees).
+one-line problems, each starting with the file or folder it concerns (empty when everything
+agrees). What was read is compared with the manifest's split totals, so a skipped shard, an
+event read twice or a count the data does not have is always a problem.
 """
 from __future__ import annotations
 
@@ -22,11 +24,12 @@ def inspect_shards(path: str | Path, batch_size: int = 65_536) -> dict:
     names = list(manifest["splits"]) if (Path(path) / shards.MANIFEST).is_file() else [split]
     report = {"path": str(root), "kind": manifest["kind"], "class_names": manifest["class_names"],
               "events_manifest": manifest["events"], "bytes": manifest["bytes"],
-              "bytes_per_event": manifest["bytes_per_event"], "splits": {}, "problems": []}
+              "bytes_per_event": manifest["bytes"] / manifest["events"] if manifest["events"] else None,
+              "splits": {}, "problems": []}
     for name in names:
         split = _inspect_split(root, name, manifest, batch_size)
         report["splits"][name] = split
-        report["problems"] += [f"{name}: {p}" for p in split.pop("problems")]
+        report["problems"] += split.pop("problems")
     report["ok"] = not report["problems"]
     return report
 
@@ -45,15 +48,16 @@ def _inspect_split(root: Path, name: str, manifest: dict, batch_size: int) -> di
     summary = loader.summary()
     entry = manifest["splits"][name]
     index = np.concatenate(seen) if seen else np.zeros(0, np.int64)
-    problems = [f"shard {s['name']} unreadable ({s['reason']}), {s['events']} events lost"
+    problems = [f"{s['path']}: {s['reason']} (shard skipped, {s['events']} events not read)"
                 for s in summary["shards_skipped"]]
-    expected = np.sum([s["events_per_class"] for s in entry["shards"]
-                       if s["name"] not in {k["name"] for k in summary["shards_skipped"]}],
-                      axis=0, dtype=np.int64) if entry["shards"] else np.zeros(n_classes, np.int64)
-    if not np.array_equal(per_class, np.broadcast_to(expected, per_class.shape)):
-        problems.append(f"events per class read {per_class.tolist()}, manifest {list(expected)}")
+    folder = root / name
+    if len(index) != entry["events"]:
+        problems.append(f"{folder}: read {len(index)} events, the manifest says {entry['events']}")
+    if per_class.tolist() != entry["events_per_class"]:
+        problems.append(f"{folder}: events per class read {per_class.tolist()}, "
+                        f"the manifest says {entry['events_per_class']}")
     if len(np.unique(index)) != len(index):
-        problems.append("some events were read more than once")
+        problems.append(f"{folder}: some events were read more than once")
     return {"events_manifest": entry["events"], "events_read": int(len(index)),
             "events_per_class_manifest": entry["events_per_class"],
             "events_per_class_read": per_class.tolist(), "shards": summary["shards"],
@@ -62,7 +66,8 @@ def _inspect_split(root: Path, name: str, manifest: dict, batch_size: int) -> di
 
 
 def format_inspection(report: dict) -> str:
-    """A short human-readable text of an `inspect_shards` report."""
+    """A short human-readable text of an `inspect_shards` report (the problems only counted: the
+    command prints each on stderr)."""
     lines = [f"{report['path']}: {report['kind']} shards, classes {', '.join(report['class_names'])}",
              f"  {report['events_manifest']} events in the manifest, {report['bytes']} bytes "
              f"({report['bytes_per_event'] or 0:.1f} bytes/event)"]
@@ -71,5 +76,7 @@ def format_inspection(report: dict) -> str:
                                                          split["events_per_class_read"]))
         lines.append(f"  {name:5s} read {split['events_read']} / {split['events_manifest']} events "
                      f"in {split['shards']} shards ({per_class})")
-    lines += [f"  problem: {p}" for p in report["problems"]] or ["  ok: everything matches the manifest"]
+    n = len(report["problems"])
+    lines.append(f"  NOT OK: {n} problem{'s' * (n != 1)} (one line each on stderr)" if n
+                 else "  ok: everything matches the manifest")
     return "\n".join(lines)

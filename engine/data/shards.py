@@ -1,6 +1,7 @@
 """Canonical Parquet -> WebDataset shards per split, with a manifest and DALI index files.
 
-Layout of a shard folder (written into a hidden temporary folder, renamed into place at the end):
+Layout of a shard folder (written into the hidden folder .<out>.tmp-<pid>, renamed into place at
+the end; readers refuse such a folder, and the next run removes those of killed runs):
   manifest.json                 see `build_manifest`
   train/train-00000.tar         WebDataset tar: members 000000.blk, 000001.blk, ... each one block
   train/train-00000.idx         of `events_per_member` events (engine.data.encoding); index in the
@@ -10,14 +11,21 @@ Labels: the manifest's `class_names` is the sorted union of the inputs' class na
 label is re-derived from its `process`. Events are shuffled globally (seeded) before writing, so
 every shard mixes all classes. Splits are stratified per class; `balance` first downsamples
 every class with events to the smallest one.
+
+Reading side: `open_split` validates the manifest (engine.data.manifest), then checks each shard's
+size, index, tar headers and block headers against it; with `skip_bad` it also decodes every
+member (CRC, labels within the classes, events per class) and skips a bad shard whole.
+`decode_member` applies the same block checks wherever a block is read later.
 """
 from __future__ import annotations
 
 import io
 import json
 import os
+import re
 import shutil
 import tarfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,11 +34,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from engine.data import encoding, parquet_io
+from engine.data.manifest import validate_manifest
 from engine.data import schema as sch
 from engine.errors import InputError
 
 SHARD_FORMAT = "engine-wds-blocks"
 SHARD_FORMAT_VERSION = 1
+TEMPORARY = re.compile(r"\..+\.tmp-\d+")      # `write_shards` writes into .<out>.tmp-<pid>
 SPLITS = ("train", "val", "test")
 MEMBER_EXT = "blk"
 MANIFEST = "manifest.json"
@@ -218,6 +228,7 @@ def build_manifest(inputs: Inputs, splits: dict[str, dict], opts: ShardOptions) 
 def write_shards(paths: list[str | Path], out: str | Path, opts: ShardOptions) -> dict:
     """Parquet files/folders `paths` -> shard folder `out` (atomically). Returns the manifest."""
     out = Path(out)
+    remove_stale_temporaries(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise InputError(out, "already exists and is not an empty folder")
     inputs = read_inputs(paths)
@@ -237,6 +248,30 @@ def write_shards(paths: list[str | Path], out: str | Path, opts: ShardOptions) -
     return manifest
 
 
+def remove_stale_temporaries(out: Path) -> list[Path]:
+    """Delete the temporary folders of `out` left by killed `write_shards` runs (their process is
+    gone, or its pid is now this process's); a run still in progress in another process keeps
+    its own. Returns the folders removed."""
+    prefix, removed = f".{out.name}.tmp-", []
+    for tmp in (out.parent.iterdir() if out.parent.is_dir() else ()):
+        pid = tmp.name[len(prefix):]
+        if (tmp.name.startswith(prefix) and pid.isdigit()
+                and (int(pid) == os.getpid() or not _alive(int(pid)))):
+            shutil.rmtree(tmp, ignore_errors=True)
+            removed.append(tmp)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 # ---- reading side: locate a split, check its shards against the manifest and the indices ----
 
 @dataclass
@@ -249,6 +284,7 @@ class ShardInfo:
     events: np.ndarray          # int64 events in each member
     first_index: np.ndarray     # int64 split-wide index of each member's first event
     events_per_class: list[int]
+    members: list[str] = field(default_factory=list)     # member names, from the index
 
 
 @dataclass
@@ -258,11 +294,15 @@ class SplitData:
     split: str
     manifest: dict
     shards: list[ShardInfo]
-    skipped: list[dict]         # {"name", "reason", "events"}
+    skipped: list[dict]         # {"name", "path", "reason", "events"}
 
     @property
     def kind(self) -> str:
         return self.manifest["kind"]
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.manifest["class_names"])
 
     @property
     def events_manifest(self) -> int:
@@ -276,33 +316,57 @@ class SplitData:
 def locate_split(path: str | Path, split: str | None = None) -> tuple[Path, str]:
     """(shard root, split name) of a shard root (+ `split`, default train) or of one split folder."""
     path = Path(path)
+    for folder in (path, path.parent):
+        if TEMPORARY.fullmatch(folder.name) and folder.is_dir():
+            raise InputError(folder, "is the unfinished output of a `shard` run that was stopped, "
+                                     "not shards (run `python -m engine shard` again)")
     if (path / MANIFEST).is_file():
         return path, split or "train"
     if (path.parent / MANIFEST).is_file() and path.is_dir():
         if split not in (None, path.name):
             raise InputError(path, f"is the '{path.name}' split, not '{split}'")
         return path.parent, path.name
+    if not path.exists():
+        raise InputError(path, "no such file or folder")
+    if _holds_parquet(path):
+        raise InputError(path, "holds Parquet files, not shards: run `python -m engine shard` first")
     raise InputError(path, f"no {MANIFEST} here or in the parent folder (not a shard folder?)")
 
 
-def load_manifest(root: Path) -> dict:
-    """The manifest of shard root `root`, checked for format and versions."""
+def _holds_parquet(path: Path) -> bool:
+    """A Parquet file, or a folder with Parquet files and no shards (a shard folder that lost its
+    manifest holds tars beside its Parquet sidecars)."""
+    if path.is_file():
+        return path.suffix == ".parquet"
+    return next(path.rglob("*.parquet"), None) is not None and next(path.rglob("*.tar"), None) is None
+
+
+def load_manifest(path: str | Path) -> dict:
+    """The manifest of the shard folder at `path` (a root or a split folder), fully validated."""
+    root, _ = locate_split(path)
+    source = root / MANIFEST
     try:
-        manifest = json.loads((root / MANIFEST).read_text())
+        manifest = json.loads(source.read_text())
     except (OSError, ValueError) as exc:
-        raise InputError(root / MANIFEST, f"unreadable manifest ({exc.__class__.__name__})") from None
-    if manifest.get("format") != SHARD_FORMAT:
-        raise InputError(root / MANIFEST, f"not a {SHARD_FORMAT} manifest")
+        raise InputError(source, f"unreadable manifest ({exc.__class__.__name__})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != SHARD_FORMAT:
+        raise InputError(source, f"not a {SHARD_FORMAT} manifest")
     for key, want in (("format_version", SHARD_FORMAT_VERSION),
                       ("block_format_version", encoding.FORMAT_VERSION),
                       ("schema_version", sch.SCHEMA_VERSION)):
         if manifest.get(key) != want:
-            raise InputError(root / MANIFEST, f"{key} {manifest.get(key)} (this engine reads {want})")
+            raise InputError(source, f"{key} {manifest.get(key)} (this engine reads {want})")
+    validate_manifest(manifest, source)
     return manifest
 
 
 def open_split(path: str | Path, split: str | None = None, skip_bad: bool = False) -> SplitData:
-    """Check every shard of a split; a bad shard is an InputError, or skipped with `skip_bad`."""
+    """Check every shard of a split; a bad shard is an InputError, or skipped with `skip_bad`.
+
+    Every shard's size, index, tar headers and block headers are checked. With `skip_bad`, every
+    member is also decoded and checked (payload CRC, labels, events per class), so that a shard
+    with a bad block is skipped whole before the epoch is planned, identically on every rank.
+    """
     root, split = locate_split(path, split)
     manifest = load_manifest(root)
     if split not in manifest["splits"]:
@@ -310,11 +374,15 @@ def open_split(path: str | Path, split: str | None = None, skip_bad: bool = Fals
     shards, skipped, first = [], [], 0
     for entry in manifest["splits"][split]["shards"]:
         try:
-            shards.append(check_shard(root / split, entry, manifest["kind"], first))
+            info = check_shard(root / split, entry, manifest["kind"], first)
+            if skip_bad:
+                verify_shard(info, len(manifest["class_names"]))
+            shards.append(info)
         except InputError as exc:
             if not skip_bad:
                 raise
-            skipped.append({"name": entry["name"], "reason": exc.problem, "events": entry["events"]})
+            skipped.append({"name": entry["name"], "path": exc.source, "reason": exc.problem,
+                            "events": entry["events"]})
         first += entry["events"]
     return SplitData(root, split, manifest, shards, skipped)
 
@@ -332,40 +400,95 @@ def check_shard(folder: Path, entry: dict, kind: str, first_index: int) -> Shard
     if len(offsets) != len(events):
         raise InputError(idx, f"{len(offsets)} samples, the manifest says {len(events)}")
     firsts = first_index + np.cumsum(events) - events
-    with open(tar, "rb") as f:
+    with _readable(tar) as f:
         for j in range(len(offsets)):
             problem = _check_member(f.fileno(), offsets[j], sizes[j], names[j], kind,
                                     events[j], firsts[j], entry["bytes"])
             if problem:
                 raise InputError(tar, f"member {names[j]}: {problem}")
-    return ShardInfo(entry["name"], tar, offsets, sizes, events, firsts, entry["events_per_class"])
+    return ShardInfo(entry["name"], tar, offsets, sizes, events, firsts, entry["events_per_class"],
+                     names)
+
+
+def verify_shard(info: ShardInfo, n_classes: int) -> None:
+    """Decode every member of a checked shard; InputError naming the member of the first bad one,
+    or the shard if its labels disagree with the manifest's events per class."""
+    per_class = np.zeros(n_classes, np.int64)
+    with _readable(info.path) as f:
+        for j in range(len(info.offsets)):
+            block = decode_member(os.pread(f.fileno(), int(info.sizes[j]), int(info.offsets[j])),
+                                  info, j, n_classes)
+            per_class += np.bincount(block.columns["labels"], minlength=n_classes)
+    if per_class.tolist() != list(info.events_per_class):
+        raise InputError(info.path, f"events per class {per_class.tolist()}, the manifest says "
+                                    f"{list(info.events_per_class)}")
+
+
+@contextmanager
+def _readable(path: Path):
+    """The file opened for reading; an OSError (permissions, I/O) becomes an InputError naming it."""
+    try:
+        with open(path, "rb") as f:
+            yield f
+    except OSError as exc:
+        raise InputError(path, f"unreadable ({exc.strerror or exc.__class__.__name__})") from None
+
+
+def decode_member(data: bytes, info: ShardInfo, j: int, n_classes: int) -> encoding.Block:
+    """Decode the bytes of member j of a checked shard and check them against the manifest
+    (events, first index, labels in 0..n_classes-1); InputError naming the shard and member."""
+    try:
+        if len(data) != info.sizes[j]:
+            raise encoding.BlockError("member cut short (truncated shard)")
+        block = encoding.decode(data)
+        labels = block.columns["labels"]
+        if block.n_events != info.events[j] or block.first_index != info.first_index[j]:
+            raise encoding.BlockError("block is not where the manifest says")
+        if len(labels) and int(labels.max()) >= n_classes:
+            raise encoding.BlockError(f"label {int(labels.max())} outside the manifest's "
+                                      f"{n_classes} classes")
+    except encoding.BlockError as exc:
+        raise InputError(info.path, f"member {info.members[j]}: {exc}") from None
+    return block
 
 
 def read_index(idx: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Offsets, sizes and member names from a DALI wds2idx index file (one 'blk' component)."""
     if not idx.is_file():
         raise InputError(idx, "index file is missing (re-run `shard`, or DALI's wds2idx)")
-    lines = idx.read_text().splitlines()
     try:
+        lines = idx.read_text().splitlines()
         version, count = lines[0].split()
         rows = [line.split() for line in lines[1:] if line.strip()]
-        if version != "v1.2" or int(count) != len(rows) or any(r[0] != MEMBER_EXT for r in rows):
+        if (version != "v1.2" or int(count) != len(rows)
+                or any(len(r) != 4 or r[0] != MEMBER_EXT for r in rows)):
             raise ValueError
         offsets = np.array([int(r[1]) for r in rows], np.int64)
         sizes = np.array([int(r[2]) for r in rows], np.int64)
-        return offsets, sizes, [r[3] if len(r) > 3 else "" for r in rows]
-    except (ValueError, IndexError):
+        return offsets, sizes, [r[3] for r in rows]
+    except OSError as exc:
+        raise InputError(idx, f"unreadable ({exc.strerror or exc.__class__.__name__})") from None
+    except (ValueError, IndexError, OverflowError):
         raise InputError(idx, "not a valid index file (expected DALI wds2idx v1.2)") from None
+
+
+def _tar_size(header: bytes) -> int | None:
+    try:
+        return int(header[124:136].rstrip(b"\0 ").decode("ascii") or "0", 8)
+    except ValueError:
+        return None
 
 
 def _check_member(fd: int, offset: int, size: int, name: str, kind: str, events: int,
                   first: int, file_bytes: int) -> str | None:
-    if offset < tarfile.BLOCKSIZE or offset + size > file_bytes:
+    if offset < tarfile.BLOCKSIZE or size < 0 or offset + size > file_bytes:
         return "index points outside the tar"
     raw = os.pread(fd, tarfile.BLOCKSIZE + encoding.HEADER.size, offset - tarfile.BLOCKSIZE)
     header, head = raw[:tarfile.BLOCKSIZE], raw[tarfile.BLOCKSIZE:]
     if header[:100].rstrip(b"\0").decode(errors="replace") != name:
         return "tar header does not match the index"
+    if _tar_size(header) != size:
+        return "tar header size does not match the index"
     try:
         block = encoding.read_header(head)
     except encoding.BlockError as exc:
