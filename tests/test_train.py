@@ -65,8 +65,8 @@ def test_resume_after_interruption_matches_uninterrupted(shards, tmp_path, monke
     import engine.train as trainer
     real_save, calls = trainer.save_checkpoint, []
 
-    def save_then_die(accelerator, output_dir, state):
-        folder = real_save(accelerator, output_dir, state)
+    def save_then_die(accelerator, output_dir, state, config):
+        folder = real_save(accelerator, output_dir, state, config)
         calls.append(state.step)
         if state.step == 8:                    # mid-epoch: 7 batches per epoch
             raise KeyboardInterrupt
