@@ -225,7 +225,7 @@ def _train_epoch(cfg, accelerator, model, optimizer, scheduler, loader, inputs, 
     if mine is not None:
         loader.load_state_dict(mine["loader"])
     window = _Window(accelerator.device, mine["window"] if mine else None)
-    seen, tic_epoch = [], time.perf_counter()
+    seen, tic_epoch, accum = [], time.perf_counter(), cfg.train.grad_accum_steps
     seconds_before = state.seconds   # training time of the run before this epoch
     bar = tqdm(total=batches_per_epoch, initial=state.batch, desc=f"epoch {state.epoch}", unit="batch",
                disable=not accelerator.is_local_main_process, dynamic_ncols=True, leave=False)
@@ -235,6 +235,10 @@ def _train_epoch(cfg, accelerator, model, optimizer, scheduler, loader, inputs, 
         if cfg.train.record_events:
             seen.append(batch["index"].numpy().copy())
         args, labels = inputs(batch, state.epoch, state.batch, train=True)
+        if accum > 1 and state.batch + 1 == batches_per_epoch:
+            # the epoch's last batch ends a step (ceil(batches / accum) steps per epoch): no
+            # gradient is carried into the next epoch, nor left out of its checkpoint
+            accelerator.step = accum - 1
         with accelerator.accumulate(model):
             with accelerator.autocast():
                 logits = model(*args).float()

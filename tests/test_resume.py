@@ -151,6 +151,24 @@ def test_checkpoints_on_and_between_log_steps_resume_exactly(shards, tmp_path, m
         assert_same_run(tmp_path / "straight", out)
 
 
+@pytest.mark.parametrize("step, mid_epoch", [(6, True), (4, False)], ids=["mid_epoch", "end_of_epoch"])
+def test_gradient_accumulation_resumes_exactly(shards, tmp_path, monkeypatch, step, mid_epoch):
+    """Two batches per step, 7 batches per epoch: the last step of an epoch takes its last batch
+    alone, so every epoch has 4 steps and no gradient is left pending at an epoch's checkpoint."""
+    extra = ("train.grad_accum_steps=2",)
+    trainer.train(config(shards, tmp_path / "straight", "ffn", *extra))
+    assert json.loads((tmp_path / "straight" / "run.json").read_text())["steps"] == 8
+    reset_accelerate()
+    out = tmp_path / "stopped"
+    interrupt_at_checkpoint(monkeypatch, step, mid_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train(config(shards, out, "ffn", *extra))
+    monkeypatch.undo()
+    reset_accelerate()
+    trainer.train(config(shards, out, "ffn", *extra))
+    assert_same_run(tmp_path / "straight", out)
+
+
 def test_interrupted_after_the_last_checkpoint_exports_the_kept_metrics(shards, straight, tmp_path,
                                                                         monkeypatch):
     """Stopped after the final checkpoint, before the model was written: the rerun trains no
@@ -278,8 +296,8 @@ def test_two_processes_killed_and_resumed_match_uninterrupted(shards, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}   # gloo on the CPU
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "engine.train"]
-    subprocess.run([*cmd, *cli_args(shards, tmp_path / "straight", "small_cnn")], cwd=ROOT, env=env,
+    subprocess.run([*cmd, *cli_args(shards, tmp_path / "straight", "ffn")], cwd=ROOT, env=env,
                    check=True, capture_output=True, timeout=300)
     out = tmp_path / "killed"
-    killed_at_random_moments([*cmd, *cli_args(shards, out, "small_cnn")], out, [0.3], env)
+    killed_at_random_moments([*cmd, *cli_args(shards, out, "ffn")], out, [0.3], env)
     assert_same_run(tmp_path / "straight", out)
