@@ -188,6 +188,16 @@ def test_finished_run_started_again_changes_nothing(shards, straight, tmp_path):
     assert metrics == json.loads((out / "run.json").read_text())["val"]
 
 
+def test_finished_gbt_run_started_again_changes_nothing(shards, tmp_path):
+    from engine.training.gbt import train_gbt
+    cfg = load_config(None, [f"data.shards={shards}", f"output_dir={tmp_path}", "data.signal=ttbar",
+                             "model.name=gbt", "model.options={max_iter: 5}"])
+    metrics = train_gbt(cfg)
+    before = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in tmp_path.iterdir()}
+    assert train_gbt(cfg) == metrics
+    assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in tmp_path.iterdir()} == before
+
+
 def test_checkpoints_hold_the_resolved_config(shards, straight):
     out = straight("deepsets")
     folders = sorted((out / "checkpoints").iterdir())
