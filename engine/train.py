@@ -5,8 +5,11 @@
 
 shards -> loader (split by rank here, never again by `prepare`) -> renderer (CUDA kernel on a GPU,
 CPU twin otherwise; image models only) -> model. Accelerate handles devices, DDP, mixed precision,
-gradient accumulation and checkpoints: a run stopped mid-epoch and started again with the same
-command resumes from its last checkpoint and ends where an uninterrupted run would.
+gradient accumulation and checkpoints: a run stopped anywhere and started again with the same
+command resumes from its last checkpoint and ends bit-identical to an uninterrupted run (weights,
+validation metrics, log.csv but its timings); every random state that shapes training is in the
+checkpoint, and nothing else draws from the global generators. A finished run started again
+changes nothing.
 """
 from __future__ import annotations
 
@@ -158,15 +161,20 @@ def train(cfg: TrainConfig) -> dict:
         state.log_rows = log.rows
         save_checkpoint(accelerator, cfg.output_dir, state, to_dict(cfg))
     log.close()
+    _export(cfg, accelerator, model, state,
+            {"class_names": class_names, "dataset_kind": kind, "input_kind": input_kind})
+    return state.val
+
+
+def _export(cfg: TrainConfig, accelerator, model, state: TrainerState, about: dict) -> None:
+    """model.safetensors, config.yaml and run.json (`about` + steps, timings, validation metrics)."""
     if accelerator.is_main_process:
-        run = {"class_names": class_names, "dataset_kind": kind, "input_kind": input_kind,
-               "steps": state.step, "epochs": state.epoch, "images_seen": state.images_seen,
+        run = {**about, "steps": state.step, "epochs": state.epoch, "images_seen": state.images_seen,
                "train_seconds": state.seconds, "world_size": accelerator.num_processes,
                "events_per_s": state.images_seen / max(state.seconds, 1e-9), "val": state.val}
         export_model(accelerator.unwrap_model(model), cfg.output_dir, to_dict(cfg), run)
         accelerator.print(f"wrote {cfg.output_dir}/model.safetensors, config.yaml, run.json, log.csv")
     accelerator.wait_for_everyone()
-    return state.val
 
 
 def _resume(cfg: TrainConfig, accelerator) -> tuple[TrainerState, Path | None]:

@@ -100,22 +100,27 @@ def interrupt_at_checkpoint(monkeypatch, step: int, mid_epoch: bool):
     monkeypatch.setattr(trainer, "save_checkpoint", save_then_stop)
 
 
-def interrupted_then_resumed(shards, out, model, monkeypatch, interrupt) -> Path:
+def interrupted_then_resumed(shards, out, model, monkeypatch, interrupt, *extra) -> Path:
+    """Run with `interrupt` applied until it stops, then again to the end; returns `out`."""
+    reset_accelerate()
     interrupt(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
-        trainer.train(config(shards, out, model))
+        trainer.train(config(shards, out, model, *extra))
     monkeypatch.undo()
     assert not (out / "run.json").exists()
     reset_accelerate()
-    trainer.train(config(shards, out, model))
+    trainer.train(config(shards, out, model, *extra))
     return out
+
+
+def at_checkpoint(step: int, mid_epoch: bool):
+    return lambda monkeypatch: interrupt_at_checkpoint(monkeypatch, step, mid_epoch)
 
 
 @pytest.mark.parametrize("model", list(MODELS))
 @pytest.mark.parametrize("step, mid_epoch", [(9, True), (7, False)], ids=["mid_epoch", "end_of_epoch"])
 def test_interrupted_run_resumes_exactly(shards, straight, tmp_path, monkeypatch, model, step, mid_epoch):
-    out = interrupted_then_resumed(shards, tmp_path, model, monkeypatch,
-                                   lambda mp: interrupt_at_checkpoint(mp, step, mid_epoch))
+    out = interrupted_then_resumed(shards, tmp_path, model, monkeypatch, at_checkpoint(step, mid_epoch))
     assert_same_run(straight(model), out)
 
 
@@ -134,20 +139,24 @@ def test_interrupted_mid_window_before_any_checkpoint(shards, straight, tmp_path
     assert_same_run(straight("set_transformer"), out)
 
 
+def test_resume_with_loader_workers(shards, tmp_path, monkeypatch):
+    """Two DataLoader worker processes (persistent across epochs in the uninterrupted run, new in
+    the resumed one): the same weights and log."""
+    extra = ("loader.workers=2",)
+    trainer.train(config(shards, tmp_path / "straight", "set_transformer", *extra))
+    out = interrupted_then_resumed(shards, tmp_path / "stopped", "set_transformer", monkeypatch,
+                                   at_checkpoint(9, True), *extra)
+    assert_same_run(tmp_path / "straight", out)
+
+
 def test_checkpoints_on_and_between_log_steps_resume_exactly(shards, tmp_path, monkeypatch):
     """Log every 3 steps, checkpoint every 2: the checkpoint of step 6 closes a log window, the one
     of step 10 holds a window of one batch (windows start again with each epoch of 7 steps)."""
     extra = ("train.log_every_steps=3", "train.checkpoint_every_steps=2")
     trainer.train(config(shards, tmp_path / "straight", "ffn", *extra))
     for step in (6, 10):
-        reset_accelerate()
-        out = tmp_path / f"stop{step}"
-        interrupt_at_checkpoint(monkeypatch, step, mid_epoch=True)
-        with pytest.raises(KeyboardInterrupt):
-            trainer.train(config(shards, out, "ffn", *extra))
-        monkeypatch.undo()
-        reset_accelerate()
-        trainer.train(config(shards, out, "ffn", *extra))
+        out = interrupted_then_resumed(shards, tmp_path / f"stop{step}", "ffn", monkeypatch,
+                                       at_checkpoint(step, True), *extra)
         assert_same_run(tmp_path / "straight", out)
 
 
@@ -158,14 +167,8 @@ def test_gradient_accumulation_resumes_exactly(shards, tmp_path, monkeypatch, st
     extra = ("train.grad_accum_steps=2",)
     trainer.train(config(shards, tmp_path / "straight", "ffn", *extra))
     assert json.loads((tmp_path / "straight" / "run.json").read_text())["steps"] == 8
-    reset_accelerate()
-    out = tmp_path / "stopped"
-    interrupt_at_checkpoint(monkeypatch, step, mid_epoch)
-    with pytest.raises(KeyboardInterrupt):
-        trainer.train(config(shards, out, "ffn", *extra))
-    monkeypatch.undo()
-    reset_accelerate()
-    trainer.train(config(shards, out, "ffn", *extra))
+    out = interrupted_then_resumed(shards, tmp_path / "stopped", "ffn", monkeypatch,
+                                   at_checkpoint(step, mid_epoch), *extra)
     assert_same_run(tmp_path / "straight", out)
 
 
@@ -173,8 +176,7 @@ def test_interrupted_after_the_last_checkpoint_exports_the_kept_metrics(shards, 
                                                                         monkeypatch):
     """Stopped after the final checkpoint, before the model was written: the rerun trains no
     more and writes the model and run.json with the validation metrics of the checkpoint."""
-    out = interrupted_then_resumed(shards, tmp_path, "deepsets", monkeypatch,
-                                   lambda mp: interrupt_at_checkpoint(mp, 14, mid_epoch=False))
+    out = interrupted_then_resumed(shards, tmp_path, "deepsets", monkeypatch, at_checkpoint(14, False))
     assert_same_run(straight("deepsets"), out)
 
 
@@ -291,11 +293,11 @@ def killed_at_random_moments(cmd, out: Path, moments: list[float], env) -> None:
 def test_killed_at_random_moments_resumes_exactly(shards, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     cmd = [sys.executable, "-m", "engine.train"]
-    longer = "train.epochs=10"            # 70 steps: every kill lands well before the end
+    longer = "train.epochs=8"             # 56 steps: every kill lands well before the end
     subprocess.run([*cmd, *cli_args(shards, tmp_path / "straight", "set_transformer", longer)], cwd=ROOT,
                    env=env, check=True, capture_output=True, timeout=300)
     rng = random.Random(11)
-    moments = [round(rng.uniform(0, 0.5), 3) for _ in range(3)]
+    moments = [round(rng.uniform(0, 0.5), 3) for _ in range(2)]
     out = tmp_path / "killed"
     killed_at_random_moments([*cmd, *cli_args(shards, out, "set_transformer", longer)], out, moments, env)
     assert_same_run(tmp_path / "straight", out)
@@ -306,8 +308,9 @@ def test_two_processes_killed_and_resumed_match_uninterrupted(shards, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}   # gloo on the CPU
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "engine.train"]
-    subprocess.run([*cmd, *cli_args(shards, tmp_path / "straight", "ffn")], cwd=ROOT, env=env,
+    longer = "train.epochs=8"             # 4 steps per epoch and process, 32 in all
+    subprocess.run([*cmd, *cli_args(shards, tmp_path / "straight", "ffn", longer)], cwd=ROOT, env=env,
                    check=True, capture_output=True, timeout=300)
     out = tmp_path / "killed"
-    killed_at_random_moments([*cmd, *cli_args(shards, out, "ffn")], out, [0.3], env)
+    killed_at_random_moments([*cmd, *cli_args(shards, out, "ffn", longer)], out, [0.3], env)
     assert_same_run(tmp_path / "straight", out)
