@@ -88,19 +88,25 @@ def save_checkpoint(accelerator, output_dir: str | Path, state: TrainerState, co
         (partial / "trainer_state.json").write_text(json.dumps(asdict(state), indent=1))
         _replace_folder(partial, folder)
         for old in _complete(folder.parent.iterdir())[:-KEEP_CHECKPOINTS]:
-            shutil.rmtree(old)
+            _remove_folder(old)
     accelerator.wait_for_everyone()
     return folder
 
 
 def _replace_folder(new: Path, final: Path) -> None:
-    """Rename `new` to `final`; an existing `final` is moved aside first and then removed."""
-    old = final.with_name(f".{final.name}.old")
+    """Rename `new` to `final`; an existing `final` is removed first."""
     if final.exists():
-        os.replace(final, old)
+        _remove_folder(final)
     os.replace(new, final)
-    if old.exists():
-        shutil.rmtree(old)
+
+
+def _remove_folder(folder: Path) -> None:
+    """Hide a checkpoint folder (one rename), then delete it: never half a checkpoint in view."""
+    hidden = folder.with_name(f".{folder.name}.old")
+    if hidden.exists():
+        shutil.rmtree(hidden)
+    os.replace(folder, hidden)
+    shutil.rmtree(hidden)
 
 
 def read_trainer_state(folder: Path) -> TrainerState:
