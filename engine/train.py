@@ -208,20 +208,23 @@ class _Window:
     that adding a batch needs no host sync. `saved` is what a checkpoint keeps of it."""
 
     def __init__(self, device: torch.device, saved: list | None = None):
-        loss, correct, self.batches, self.events = saved or (0.0, 0.0, 0, 0)
-        self.loss = torch.tensor(loss, dtype=torch.float32, device=device)
-        self.correct = torch.tensor(correct, dtype=torch.float32, device=device)
+        # loss sum, correct predictions, events (counts exact in float32 up to 2**24)
+        self.sums = torch.zeros(3, dtype=torch.float32, device=device)
+        self.batches = 0
+        if saved is not None:
+            self.sums.copy_(torch.tensor(saved[:3], dtype=torch.float32))
+            self.batches = saved[3]
         self.tic = time.perf_counter()
 
     def add(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
-        self.loss += loss.detach()
-        self.correct += (logits.detach().argmax(-1) == labels).sum()
+        self.sums[0] += loss.detach()
+        self.sums[1] += (logits.detach().argmax(-1) == labels).sum()
+        self.sums[2] += len(labels)
         self.batches += 1
-        self.events += len(labels)
 
     def saved(self) -> list:
-        """[loss sum, correct, batches, events] as exact Python numbers (a host sync)."""
-        return [float(self.loss), float(self.correct), self.batches, self.events]
+        """[loss sum, correct, events, batches] as exact Python numbers (a host sync)."""
+        return [*self.sums.tolist(), self.batches]
 
 
 def _train_epoch(cfg, accelerator, model, optimizer, scheduler, loader, inputs, state: TrainerState,
@@ -295,10 +298,9 @@ def _log_window(cfg, accelerator, state, window: _Window, scheduler, log) -> tup
     """Log the last window's mean loss and accuracy over all processes (one host sync); stop on a
     non-finite loss. Returns (loss, images per second)."""
     seconds = time.perf_counter() - window.tic
-    events = torch.tensor(float(window.events), device=window.loss.device)
-    sums = accelerator.reduce(torch.stack([window.loss / window.batches, window.correct, events]),
-                              reduction="sum")
-    loss, correct, events = torch.stack([sums[0] / accelerator.num_processes, sums[1], sums[2]]).tolist()
+    mean = torch.cat([window.sums[:1] / window.batches, window.sums[1:]])
+    sums = accelerator.reduce(mean, reduction="sum")
+    loss, correct, events = torch.cat([sums[:1] / accelerator.num_processes, sums[1:]]).tolist()
     if not math.isfinite(loss):
         last = latest_checkpoint(cfg.output_dir)
         raise NonFiniteLoss("train", f"loss is {loss} at step {state.step}; stopped. Last good checkpoint: "
