@@ -244,6 +244,18 @@ def test_corrupt_trainer_state_is_an_error_naming_the_file(shards, tmp_path, mon
     assert not (tmp_path / "run.json").exists()
 
 
+def test_corrupt_trainer_state_on_the_command_line(shards, tmp_path, monkeypatch):
+    interrupt_at_checkpoint(monkeypatch, 7, mid_epoch=False)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train(config(shards, tmp_path, "deepsets"))
+    path = tmp_path / "checkpoints" / "step_0000007" / "trainer_state.json"
+    path.write_bytes(b"\x00\xff")
+    res = subprocess.run([sys.executable, "-m", "engine.train", *cli_args(shards, tmp_path, "deepsets")],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert f"error: {path}: unreadable trainer state" in res.stderr
+
+
 def test_train_rows_log_the_windows_accuracy(shards, tmp_path):
     """With SGD at lr 1e-30 the weights stay as they were, so each logged train accuracy is the
     model's accuracy on that window's batches, which the test recomputes from the loader."""
