@@ -27,7 +27,8 @@ import torch.nn.functional as F
 from engine.config import to_dict
 from engine.errors import EXIT_BAD_INPUT, InputError
 from engine.training.checkpoint import (TrainerState, clean_checkpoints, export_model, is_exported,
-                                        latest_checkpoint, read_trainer_state, save_checkpoint)
+                                        latest_checkpoint, load_checkpoint, read_trainer_state,
+                                        save_checkpoint)
 from engine.training.config import TrainConfig, check_paths, load_config
 from engine.training.logs import RunLog
 
@@ -142,7 +143,7 @@ def train(cfg: TrainConfig) -> dict:
         accelerator.print(f"{cfg.output_dir}: finished at step {state.step} ({resume_from}); nothing to do")
         return state.val
     if resume_from is not None:
-        accelerator.load_state(str(resume_from))
+        load_checkpoint(accelerator, resume_from)
         accelerator.print(f"resuming from {resume_from} (epoch {state.epoch}, step {state.step})")
     log = RunLog(cfg.output_dir, accelerator.is_main_process, state.log_rows, state.step)
     accelerator.print(f"{cfg.model.name}: {sum(p.numel() for p in model.parameters()):,} parameters "

@@ -244,6 +244,26 @@ def test_corrupt_trainer_state_is_an_error_naming_the_file(shards, tmp_path, mon
     assert not (tmp_path / "run.json").exists()
 
 
+@pytest.mark.parametrize("name, cut", [("model.safetensors", True), ("optimizer.bin", True),
+                                       ("random_states_0.pkl", True), ("random_states_0.pkl", False)])
+def test_corrupt_checkpoint_file_is_an_error_naming_the_folder(shards, tmp_path, monkeypatch, name, cut):
+    """A file of a complete checkpoint cut short or missing (Accelerate alone would skip the RNG
+    states silently and resume inexactly)."""
+    interrupt_at_checkpoint(monkeypatch, 7, mid_epoch=False)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train(config(shards, tmp_path, "deepsets"))
+    monkeypatch.undo()
+    reset_accelerate()
+    folder = tmp_path / "checkpoints" / "step_0000007"
+    data = (folder / name).read_bytes()
+    (folder / name).unlink()
+    if cut:
+        (folder / name).write_bytes(data[:len(data) // 2])
+    with pytest.raises(InputError, match="cannot load the checkpoint") as err:
+        trainer.train(config(shards, tmp_path, "deepsets"))
+    assert err.value.source == str(folder)
+
+
 def test_corrupt_trainer_state_on_the_command_line(shards, tmp_path, monkeypatch):
     interrupt_at_checkpoint(monkeypatch, 7, mid_epoch=False)
     with pytest.raises(KeyboardInterrupt):

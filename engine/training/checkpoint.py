@@ -123,6 +123,24 @@ def read_trainer_state(folder: Path) -> TrainerState:
     return TrainerState(**data)
 
 
+def load_checkpoint(accelerator, folder: Path) -> None:
+    """Load Accelerate's part of a checkpoint; unreadable files are an InputError naming the folder.
+    The process's RNG states are checked first: Accelerate skips unreadable ones silently."""
+    import pickle
+
+    import torch
+    from safetensors import SafetensorError
+    try:
+        rng = torch.load(folder / f"random_states_{accelerator.process_index}.pkl", weights_only=False)
+        if not isinstance(rng, dict) or "torch_manual_seed" not in rng:
+            raise ValueError("random states without the torch generator's state")
+        accelerator.load_state(str(folder))
+    except (OSError, EOFError, RuntimeError, ValueError, KeyError, pickle.UnpicklingError,
+            SafetensorError) as exc:
+        raise InputError(folder, f"cannot load the checkpoint ({type(exc).__name__}: {exc}); delete "
+                                 "this folder to resume from the one before it") from None
+
+
 def write_run_info(output_dir: str | Path, config: dict, run: dict) -> None:
     """config.yaml (the resolved config) and run.json (what the model was trained on), atomically."""
     out = Path(output_dir)
