@@ -5,8 +5,11 @@
 
 shards -> loader (split by rank here, never again by `prepare`) -> renderer (CUDA kernel on a GPU,
 CPU twin otherwise; image models only) -> model. Accelerate handles devices, DDP, mixed precision,
-gradient accumulation and checkpoints: a run stopped mid-epoch and started again with the same
-command resumes from its last checkpoint and ends where an uninterrupted run would.
+gradient accumulation and checkpoints: a run stopped anywhere and started again with the same
+command resumes from its last checkpoint and ends bit-identical to an uninterrupted run (weights,
+validation metrics, log.csv but its timings); every random state that shapes training is in the
+checkpoint, and nothing else draws from the global generators. A finished run started again
+changes nothing.
 """
 from __future__ import annotations
 
@@ -23,8 +26,9 @@ import torch.nn.functional as F
 
 from engine.config import to_dict
 from engine.errors import EXIT_BAD_INPUT, InputError
-from engine.training.checkpoint import (TrainerState, export_model, latest_checkpoint,
-                                        load_checkpoint, save_checkpoint)
+from engine.training.checkpoint import (TrainerState, clean_checkpoints, export_model, is_exported,
+                                        latest_checkpoint, load_checkpoint, read_trainer_state,
+                                        save_checkpoint)
 from engine.training.config import TrainConfig, check_inputs, load_config
 from engine.training.run_folder import guard_run_folder
 from engine.training.logs import RunLog
@@ -135,42 +139,95 @@ def train(cfg: TrainConfig) -> dict:
     model, optimizer = accelerator.prepare(model, optimizer)
     accelerator.register_for_checkpointing(scheduler)
 
-    state = TrainerState()
-    resume_from = latest_checkpoint(cfg.output_dir)
+    state, resume_from = _resume(cfg, accelerator)
+    finished = state.step >= total_steps or state.epoch >= cfg.train.epochs
+    if resume_from is not None and finished and is_exported(cfg.output_dir, state):
+        accelerator.print(f"{cfg.output_dir}: finished at step {state.step} ({resume_from}); nothing to do")
+        return state.val
     if resume_from is not None:
-        state = load_checkpoint(accelerator, resume_from)
+        load_checkpoint(accelerator, resume_from)
         accelerator.print(f"resuming from {resume_from} (epoch {state.epoch}, step {state.step})")
-    log = RunLog(cfg.output_dir, accelerator.is_main_process)
+    log = RunLog(cfg.output_dir, accelerator.is_main_process, state.log_rows, state.step)
     accelerator.print(f"{cfg.model.name}: {sum(p.numel() for p in model.parameters()):,} parameters "
                       f"({frozen.trainable_params:,} trainable); {len(class_names)} classes {class_names}; "
                       f"{batches_per_epoch} batches x {accelerator.num_processes} process(es) per epoch; "
                       f"device {accelerator.device}")
-    metrics = {}
     done = state.step >= total_steps
     while not done and state.epoch < cfg.train.epochs:
         done = _train_epoch(cfg, accelerator, model, optimizer, scheduler, train_loader, inputs,
                             state, batches_per_epoch, total_steps, log)
         if done or (state.epoch + 1) % cfg.train.eval_every_epochs == 0:
             scores, labels = evaluate_split(accelerator, model, val_loader, inputs)
-            metrics = classification_metrics(scores, labels, class_names, cfg.data.signal or class_names[0])
-            loss = float(F.nll_loss(torch.log(torch.from_numpy(scores).clamp_min(1e-12)),
-                                    torch.from_numpy(labels)))
-            log.write(step=state.step, epoch=state.epoch, split="val", loss=loss,
-                      accuracy=metrics["accuracy"], seconds=state.seconds)
-            accelerator.print(f"epoch {state.epoch}: val loss {loss:.4f}, accuracy {metrics['accuracy']:.4f}, "
-                              f"{metrics['signal']} vs rest {metrics['signal_vs_background_efficiency']:.4f}")
-        state.epoch, state.batch, state.loader = state.epoch + 1, 0, None
-        save_checkpoint(accelerator, cfg.output_dir, state)
+            state.val = classification_metrics(scores, labels, class_names, cfg.data.signal or class_names[0])
+            _log_validation(accelerator, state, scores, labels, log)
+        state.epoch, state.batch, state.ranks = state.epoch + 1, 0, None
+        state.log_rows = log.rows
+        save_checkpoint(accelerator, cfg.output_dir, state, to_dict(cfg))
     log.close()
+    _export(cfg, accelerator, model, state,
+            {"class_names": class_names, "dataset_kind": kind, "input_kind": input_kind})
+    return state.val
+
+
+def _export(cfg: TrainConfig, accelerator, model, state: TrainerState, about: dict) -> None:
+    """model.safetensors, config.yaml and run.json (`about` + steps, timings, validation metrics)."""
     if accelerator.is_main_process:
-        run = {"class_names": class_names, "dataset_kind": kind, "input_kind": input_kind,
-               "steps": state.step, "epochs": state.epoch, "images_seen": state.images_seen,
+        run = {**about, "steps": state.step, "epochs": state.epoch, "images_seen": state.images_seen,
                "train_seconds": state.seconds, "world_size": accelerator.num_processes,
-               "events_per_s": state.images_seen / max(state.seconds, 1e-9), "val": metrics}
+               "events_per_s": state.images_seen / max(state.seconds, 1e-9), "val": state.val}
         export_model(accelerator.unwrap_model(model), cfg.output_dir, to_dict(cfg), run)
         accelerator.print(f"wrote {cfg.output_dir}/model.safetensors, config.yaml, run.json, log.csv")
     accelerator.wait_for_everyone()
-    return metrics
+
+
+def _resume(cfg: TrainConfig, accelerator) -> tuple[TrainerState, Path | None]:
+    """Remove what a killed run left (partial checkpoints), then the trainer state of the newest
+    complete checkpoint and its folder, or a fresh state and None."""
+    if accelerator.is_main_process:
+        clean_checkpoints(cfg.output_dir)
+    accelerator.wait_for_everyone()
+    folder = latest_checkpoint(cfg.output_dir)
+    if folder is None:
+        return TrainerState(), None
+    state = read_trainer_state(folder)
+    if state.ranks is not None and len(state.ranks) != accelerator.num_processes:
+        raise InputError(folder, f"saved by {len(state.ranks)} process(es); this run has "
+                                 f"{accelerator.num_processes}: resume with as many")
+    return state, folder
+
+
+def _log_validation(accelerator, state: TrainerState, scores: np.ndarray, labels: np.ndarray,
+                    log: RunLog) -> None:
+    metrics = state.val
+    loss = float(F.nll_loss(torch.log(torch.from_numpy(scores).clamp_min(1e-12)), torch.from_numpy(labels)))
+    log.write(step=state.step, epoch=state.epoch, split="val", loss=loss, accuracy=metrics["accuracy"],
+              seconds=state.seconds)
+    accelerator.print(f"epoch {state.epoch}: val loss {loss:.4f}, accuracy {metrics['accuracy']:.4f}, "
+                      f"{metrics['signal']} vs rest {metrics['signal_vs_background_efficiency']:.4f}")
+
+
+class _Window:
+    """Running sums of the training batches since the last logged step, kept on the device so
+    that adding a batch needs no host sync. `saved` is what a checkpoint keeps of it."""
+
+    def __init__(self, device: torch.device, saved: list | None = None):
+        # loss sum, correct predictions, events (counts exact in float32 up to 2**24)
+        self.sums = torch.zeros(3, dtype=torch.float32, device=device)
+        self.batches = 0
+        if saved is not None:
+            self.sums.copy_(torch.tensor(saved[:3], dtype=torch.float32))
+            self.batches = saved[3]
+        self.tic = time.perf_counter()
+
+    def add(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        self.sums[0] += loss.detach()
+        self.sums[1] += (logits.detach().argmax(-1) == labels).sum()
+        self.sums[2] += len(labels)
+        self.batches += 1
+
+    def saved(self) -> list:
+        """[loss sum, correct, events, batches] as exact Python numbers (a host sync)."""
+        return [*self.sums.tolist(), self.batches]
 
 
 def _train_epoch(cfg, accelerator, model, optimizer, scheduler, loader, inputs, state: TrainerState,
@@ -178,10 +235,12 @@ def _train_epoch(cfg, accelerator, model, optimizer, scheduler, loader, inputs, 
     """One epoch from `state.batch` on; returns True when max_steps is reached."""
     from tqdm import tqdm
     loader.set_epoch(state.epoch)
-    if state.loader is not None:
-        loader.load_state_dict(state.loader)
-    seen, window_loss, window_n, tic = [], torch.zeros((), device=accelerator.device), 0, time.perf_counter()
-    seconds_before, tic_epoch = state.seconds, tic   # training time of the run before this epoch
+    mine = state.ranks[accelerator.process_index] if state.ranks else None
+    if mine is not None:
+        loader.load_state_dict(mine["loader"])
+    window = _Window(accelerator.device, mine["window"] if mine else None)
+    seen, tic_epoch, accum = [], time.perf_counter(), cfg.train.grad_accum_steps
+    seconds_before = state.seconds   # training time of the run before this epoch
     bar = tqdm(total=batches_per_epoch, initial=state.batch, desc=f"epoch {state.epoch}", unit="batch",
                disable=not accelerator.is_local_main_process, dynamic_ncols=True, leave=False)
     for batch in loader:
@@ -190,16 +249,20 @@ def _train_epoch(cfg, accelerator, model, optimizer, scheduler, loader, inputs, 
         if cfg.train.record_events:
             seen.append(batch["index"].numpy().copy())
         args, labels = inputs(batch, state.epoch, state.batch, train=True)
+        if accum > 1 and state.batch + 1 == batches_per_epoch:
+            # the epoch's last batch ends a step (ceil(batches / accum) steps per epoch): no
+            # gradient is carried into the next epoch, nor left out of its checkpoint
+            accelerator.step = accum - 1
         with accelerator.accumulate(model):
             with accelerator.autocast():
-                loss = F.cross_entropy(model(*args).float(), labels)
+                logits = model(*args).float()
+                loss = F.cross_entropy(logits, labels)
             accelerator.backward(loss)
             if accelerator.sync_gradients and cfg.train.max_grad_norm > 0:
                 accelerator.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-        window_loss += loss.detach()
-        window_n += 1
+        window.add(loss, logits, labels)
         state.batch += 1
         state.images_seen += len(labels) * accelerator.num_processes
         state.seconds = seconds_before + time.perf_counter() - tic_epoch
@@ -209,14 +272,13 @@ def _train_epoch(cfg, accelerator, model, optimizer, scheduler, loader, inputs, 
         scheduler.step()
         state.step += 1
         if state.step % cfg.train.log_every_steps == 0 or state.step == total_steps:
-            rate = _log_window(cfg, accelerator, state, window_loss / window_n, window_n, tic, scheduler, log)
-            bar.set_postfix(loss=f"{float(window_loss) / window_n:.4f}", img_s=f"{rate:,.0f}")
-            window_loss.zero_()
-            window_n, tic = 0, time.perf_counter()
-        if state.step % cfg.train.checkpoint_every_steps == 0:
-            _check_finite_weights(accelerator, model, state)
-            state.loader = loader.state_dict()
-            save_checkpoint(accelerator, cfg.output_dir, state)
+            loss_value, rate = _log_window(cfg, accelerator, state, window, scheduler, log)
+            bar.set_postfix(loss=f"{loss_value:.4f}", img_s=f"{rate:,.0f}")
+            window = _Window(accelerator.device)
+        # the end of the epoch (or of the run) is checkpointed after its validation, just below
+        ends = state.batch >= batches_per_epoch or state.step >= total_steps
+        if state.step % cfg.train.checkpoint_every_steps == 0 and not ends:
+            _checkpoint_mid_epoch(cfg, accelerator, model, state, loader, window, log)
         if state.step >= total_steps:
             break
     bar.close()
@@ -226,18 +288,30 @@ def _train_epoch(cfg, accelerator, model, optimizer, scheduler, loader, inputs, 
     return state.step >= total_steps
 
 
-def _log_window(cfg, accelerator, state, mean_loss, n_batches, tic, scheduler, log) -> float:
-    """Log the mean loss of the last window (one host sync); stop on a non-finite loss."""
-    seconds = time.perf_counter() - tic
-    loss = float(accelerator.reduce(mean_loss, reduction="mean"))
+def _checkpoint_mid_epoch(cfg, accelerator, model, state, loader, window: _Window, log: RunLog) -> None:
+    """Save the full state with every process's loader position and unlogged window."""
+    from accelerate.utils import gather_object
+    _check_finite_weights(accelerator, model, state)
+    state.ranks = gather_object([{"loader": loader.state_dict(), "window": window.saved()}])
+    state.log_rows = log.rows
+    save_checkpoint(accelerator, cfg.output_dir, state, to_dict(cfg))
+
+
+def _log_window(cfg, accelerator, state, window: _Window, scheduler, log) -> tuple[float, float]:
+    """Log the last window's mean loss and accuracy over all processes (one host sync); stop on a
+    non-finite loss. Returns (loss, images per second)."""
+    seconds = time.perf_counter() - window.tic
+    mean = torch.cat([window.sums[:1] / window.batches, window.sums[1:]])
+    sums = accelerator.reduce(mean, reduction="sum")
+    loss, correct, events = torch.cat([sums[:1] / accelerator.num_processes, sums[1:]]).tolist()
     if not math.isfinite(loss):
         last = latest_checkpoint(cfg.output_dir)
         raise NonFiniteLoss("train", f"loss is {loss} at step {state.step}; stopped. Last good checkpoint: "
                                      f"{last or 'none'} (lower train.lr, or check the inputs)")
-    rate = n_batches * cfg.train.batch_size * accelerator.num_processes / max(seconds, 1e-9)
-    log.write(step=state.step, epoch=state.epoch, split="train", loss=loss,
+    rate = window.batches * cfg.train.batch_size * accelerator.num_processes / max(seconds, 1e-9)
+    log.write(step=state.step, epoch=state.epoch, split="train", loss=loss, accuracy=correct / events,
               lr=scheduler.get_last_lr()[0], images_per_s=rate, seconds=state.seconds)
-    return rate
+    return loss, rate
 
 
 def _check_finite_weights(accelerator, model, state) -> None:

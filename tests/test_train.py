@@ -1,4 +1,5 @@
-"""Real (small) training runs on CPU: learning, resume, 2-process launch, freezing, config errors."""
+"""Real (small) training runs on CPU: learning, 2-process launch, freezing, config errors (resume:
+tests/test_resume.py)."""
 import json
 import os
 import subprocess
@@ -56,32 +57,6 @@ def test_image_model_trains_on_rendered_events(shards, tmp_path):
     rows = read_log(tmp_path / "log.csv")
     assert [r for r in rows if r["split"] == "val"] and np.isfinite([r["loss"] for r in rows]).all()
     assert json.loads((tmp_path / "run.json").read_text())["input_kind"] == "image"
-
-
-def test_resume_after_interruption_matches_uninterrupted(shards, tmp_path, monkeypatch):
-    args = ("model.name=deepsets", "train.epochs=2", "train.checkpoint_every_steps=4", "train.seed=3")
-    run_train(config(shards, tmp_path / "straight", *args))
-
-    import engine.train as trainer
-    real_save, calls = trainer.save_checkpoint, []
-
-    def save_then_die(accelerator, output_dir, state):
-        folder = real_save(accelerator, output_dir, state)
-        calls.append(state.step)
-        if state.step == 8:                    # mid-epoch: 7 batches per epoch
-            raise KeyboardInterrupt
-        return folder
-    monkeypatch.setattr(trainer, "save_checkpoint", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        run_train(config(shards, tmp_path / "killed", *args))
-    monkeypatch.setattr(trainer, "save_checkpoint", real_save)
-    reset_accelerate()
-    run_train(config(shards, tmp_path / "killed", *args))
-    a = load_file(tmp_path / "straight" / "model.safetensors")
-    b = load_file(tmp_path / "killed" / "model.safetensors")
-    assert a.keys() == b.keys()
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
 
 
 def test_frozen_layers_stay_unchanged(shards, tmp_path):

@@ -381,14 +381,17 @@ class TorchLoader(StreamLoader):
     def _batches(self, skip: int) -> Iterator[Batch]:
         workers, pin = self.cfg.workers, torch.cuda.is_available()
         self.stream.control[:] = torch.tensor([self.epoch, skip])
+        # the DataLoaders get their own generator: making an iterator draws a seed, never from the
+        # global one (a resumed run would otherwise see a different global random stream)
         if not workers:
-            loader = torch.utils.data.DataLoader(self.stream, batch_size=None, pin_memory=pin)
+            loader = torch.utils.data.DataLoader(self.stream, batch_size=None, pin_memory=pin,
+                                                 generator=torch.Generator())
             yield from loader
             return
         if self._loader is None:
             self._loader = torch.utils.data.DataLoader(
                 self.stream, batch_size=None, num_workers=workers, persistent_workers=True,
-                prefetch_factor=self.cfg.prefetch_factor)
+                prefetch_factor=self.cfg.prefetch_factor, generator=torch.Generator())
         for ticket in self._loader:       # the batch waits in a worker's shared ring (SharedRing)
             if "error" in ticket:         # a worker's InputError, raised here as one line
                 raise InputError(*ticket["error"])

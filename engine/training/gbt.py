@@ -3,15 +3,18 @@
 Features per event: for each of the `cap` slots, the one-hot-free type code and (pt, eta, phi,
 mass, btag, charge), flattened — the same padded objects the set models read, from the same
 shards, so every model is compared on the same test events. scikit-learn's
-HistGradientBoostingClassifier; the fitted model is pickled to OUTPUT_DIR/gbt.pkl.
+HistGradientBoostingClassifier; the fitted model is pickled to OUTPUT_DIR/gbt.pkl. A finished run
+of the same config started again changes nothing.
 """
 from __future__ import annotations
 
+import json
 import pickle
 import time
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from engine.data.parquet_io import atomic_path
 
@@ -31,6 +34,19 @@ def collect(loader) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(xs), np.concatenate(ys)
 
 
+def _finished_run(cfg, config: dict) -> dict | None:
+    """The validation metrics of a finished run of this very config in OUTPUT_DIR, else None."""
+    out = Path(cfg.output_dir)
+    if not all((out / name).is_file() for name in ("gbt.pkl", "config.yaml", "run.json")):
+        return None
+    if (out / "config.yaml").read_text() != yaml.safe_dump(config, sort_keys=False):
+        return None
+    try:
+        return json.loads((out / "run.json").read_text())["val"]
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
 def train_gbt(cfg) -> dict:
     """Fit on the train split (one process), report validation metrics, save gbt.pkl."""
     from sklearn.ensemble import HistGradientBoostingClassifier
@@ -40,6 +56,10 @@ def train_gbt(cfg) -> dict:
     from engine.training.checkpoint import write_run_info
     from engine.training.metrics import classification_metrics
 
+    finished = _finished_run(cfg, to_dict(cfg))
+    if finished is not None:
+        print(f"gbt: {cfg.output_dir} is finished with this config; nothing to do")
+        return finished
     manifest = load_manifest(Path(cfg.data.shards))
     train_loader, val_loader = make_loaders(cfg, 0, 1)
     x, y = collect(train_loader)      # already limited to data.train_fraction of the events
