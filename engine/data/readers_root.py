@@ -27,6 +27,8 @@ Delphes (tree `Delphes`; leaves `Electron.PT` as Delphes writes them, or `Electr
 from __future__ import annotations
 
 import importlib.util
+import struct
+import zlib
 from pathlib import Path
 from typing import Iterator
 
@@ -57,7 +59,10 @@ NANOAOD_REQUIRED = ("run", "luminosityBlock", "event", "MET_pt", "MET_phi",
 DELPHES_REQUIRED = {"Electron": ("PT", "Eta", "Phi", "Charge"), "Muon": ("PT", "Eta", "Phi", "Charge"),
                     "Jet": ("PT", "Eta", "Phi", "Mass", "BTag"), "MissingET": ("MET", "Phi")}
 DELPHES_OPTIONAL = {"Event": ("Number", "Weight")}
-READ_ERRORS = (OSError, ValueError, EOFError, KeyError, uproot.deserialization.DeserializationError)
+BITMASK_BRANCHES = ("Jet_jetId", "Jet.BTag", "Jet_BTag")
+"""Branches read bit by bit: they must hold integers."""
+READ_ERRORS = (OSError, ValueError, EOFError, KeyError, IndexError, struct.error, zlib.error,
+               uproot.deserialization.DeserializationError)
 
 
 def use_fast_zlib() -> str:
@@ -100,11 +105,22 @@ def open_tree(path: str | Path, tree_name: str | None = None):
         raise InputError(path, f"unreadable ROOT file, truncated? ({_first_line(exc)})") from None
     if tree_name is None:
         return root, None
-    trees = tree_names(root, path)
-    if tree_name not in trees:
-        found = ", ".join(trees) or "none"
-        raise InputError(path, f"no tree '{tree_name}' (trees in the file: {found})")
-    return root, root[tree_name]
+    try:
+        trees = tree_names(root, path)
+        if tree_name not in trees:
+            found = ", ".join(trees) or "none"
+            raise InputError(path, f"no tree '{tree_name}' (trees in the file: {found})")
+        return root, _read_tree(root, tree_name, path)
+    except InputError:
+        root.file.close()
+        raise
+
+
+def _read_tree(root, tree_name: str, path: Path):
+    try:
+        return root[tree_name]
+    except READ_ERRORS as exc:
+        raise InputError(path, f"unreadable tree '{tree_name}', truncated? ({_first_line(exc)})") from None
 
 
 def tree_names(root, path: str | Path) -> list[str]:
@@ -185,17 +201,37 @@ def first_per_event(offsets: np.ndarray, flat: np.ndarray, default: float = 0.0)
 class Chunk:
     """One chunk of branches as flat numpy arrays, with the offsets of the jagged ones."""
 
-    def __init__(self, path: Path, arrays: dict[str, ak.Array]):
+    def __init__(self, path: Path, arrays: dict[str, ak.Array], per_event: set[str]):
+        """`per_event`: the branches that must hold one number per event; the others a list."""
         self.path = path
         self.flat: dict[str, np.ndarray] = {}
         self.offsets: dict[str, np.ndarray] = {}
         for name, array in arrays.items():
+            self._check_layout(name, array, name in per_event)
             if array.ndim == 1:
                 self.flat[name] = ak.to_numpy(array)
             else:
                 self.offsets[name], content = list_parts(array)
                 self.flat[name] = ak.to_numpy(content)
+            self._check_dtype(name, self.flat[name].dtype)
         self.n = len(next(iter(arrays.values())))
+
+    def _check_layout(self, name: str, array: ak.Array, per_event: bool) -> None:
+        if per_event and array.ndim != 1:
+            raise InputError(self.path, f"branch '{name}' must hold one number per event, "
+                                        f"found a list per event")
+        if not per_event and array.ndim == 1:
+            raise InputError(self.path, f"branch '{name}' must hold a list per event (one entry per "
+                                        f"object), found one number per event")
+        if array.ndim > 2:
+            raise InputError(self.path, f"branch '{name}' holds nested lists, expected "
+                                        f"{'numbers' if per_event else 'a list of numbers'} per event")
+
+    def _check_dtype(self, name: str, dtype: np.dtype) -> None:
+        if dtype.kind not in "biuf":
+            raise InputError(self.path, f"branch '{name}' holds {dtype} values, expected numbers")
+        if name in BITMASK_BRANCHES and dtype.kind not in "biu":
+            raise InputError(self.path, f"branch '{name}' holds {dtype} values, expected integers (a bit mask)")
 
     def __contains__(self, name: str) -> bool:
         return name in self.flat
@@ -225,12 +261,24 @@ class RootReader:
         self.step_size = step_size
         use_fast_zlib()
         self._root, self.tree = open_tree(self.path, self.tree_name)
-        self.keys = set(self.tree.keys(recursive=True, full_paths=False))
-        self.branches = self._resolve()
-        check_not_truncated(self.tree, self.branches, self.path)
-        self.num_events = int(self.tree.num_entries)
+        try:
+            self.keys = set(self.tree.keys(recursive=True, full_paths=False))
+            self.branches = self._resolve()
+            check_not_truncated(self.tree, self.branches, self.path)
+            self.num_events = int(self.tree.num_entries)
+        except READ_ERRORS as exc:
+            self.close()
+            raise InputError(self.path, f"unreadable tree '{self.tree_name}', truncated or corrupt? "
+                                        f"({_first_line(exc)})") from None
+        except InputError:
+            self.close()
+            raise
 
     def _resolve(self) -> list[str]:
+        raise NotImplementedError
+
+    def _per_event(self) -> set[str]:
+        """The branches that hold one number per event (the others hold one list per event)."""
         raise NotImplementedError
 
     def _missing(self, wanted: list[str]) -> None:
@@ -251,7 +299,7 @@ class RootReader:
             except READ_ERRORS as exc:
                 raise InputError(self.path, f"cannot read the data, truncated or corrupt? "
                                             f"({_first_line(exc)})") from None
-            chunk = Chunk(self.path, chunk)
+            chunk = Chunk(self.path, chunk, self._per_event())
             require_finite(self.path, chunk.flat)
             yield self._events(chunk, report.tree_entry_start)
 
@@ -284,6 +332,9 @@ class NanoAODReader(RootReader):
         self.btag_branch, self.btag_wp = found[0], BTAG_MEDIUM_WP[found[0]]
         self.optional = [b for b in NANOAOD_OPTIONAL if b in self.keys]
         return [*NANOAOD_REQUIRED, self.btag_branch, *self.optional]
+
+    def _per_event(self) -> set[str]:
+        return {b for b in self.branches if not b.startswith(("Muon_", "Electron_", "Jet_"))}
 
     def _events(self, c: Chunk, entry_start: int) -> ak.Array:
         return _event_record(
@@ -338,6 +389,9 @@ class DelphesReader(RootReader):
                 if self._leaf(collection, field):
                     self.names[collection, field] = self._leaf(collection, field)
         return list(self.names.values())
+
+    def _per_event(self) -> set[str]:
+        return set()
 
     def _collection(self, c: Chunk, collection: str, fields: tuple[str, ...]):
         return c.collection({f: self.names[collection, f] for f in fields})
