@@ -7,21 +7,25 @@ call (its awkward interface, about twice as fast as a list of PseudoJets per eve
 
 Parallelism: W worker processes, each with its own Pythia seeded from (seed, worker index), each
 producing a fixed share of the N accepted rows; shares are written to part files and joined in
-worker order, so the same seed and W give the same file.
+worker order, so the same seed and W give the same file. The part files live in a hidden folder
+(`.<process>-parts-<pid>-...`), which no reader lists; the next run removes one a killed run left.
 """
 from __future__ import annotations
 
 import math
 import multiprocessing as mp
+import os
 import queue as queue_mod
+import secrets
+import shutil
 import sys
-import tempfile
 import time
 import traceback
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import awkward as ak
 import numpy as np
@@ -29,10 +33,11 @@ import pyarrow.parquet as pq
 
 from engine.config import to_dict
 from engine.data import detector as det
-from engine.data.parquet_io import ParquetSink
+from engine.data.parquet_io import ParquetSink, remove_stale, writable_folder
 from engine.data.processes import Process, get_process, make_pythia, stdout_silenced
 from engine.data.schema import events_table, fatjets_table
 from engine.data.selection import SelectionConfig, apply_selection, fatjet_mask
+from engine.errors import InputError
 
 MAX_BATCH_EVENTS = 200
 """Pythia events per nextBatch call (bounded so memory and progress stay smooth)."""
@@ -321,12 +326,11 @@ def generate(job: GenerateJob, out_dir: str | Path, progress: bool | None = None
     from tqdm import tqdm
 
     process = get_process(job.process)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = writable_folder(out_dir)
     quotas = split_counts(job.events, job.workers)
     start = time.perf_counter()
-    with tempfile.TemporaryDirectory(dir=out_dir, prefix=f".{process.name}-parts-") as tmp:
-        parts = [Path(tmp) / f"part-{w}.parquet" for w in range(len(quotas))]
+    with _parts_folder(out_dir, process.name) as tmp:
+        parts = [tmp / f"part-{w}.parquet" for w in range(len(quotas))]
         with tqdm(total=job.events, unit="ev", desc=process.name, file=sys.stderr,
                   disable=None if progress is None else not progress) as bar:
             results = _run_workers(job, quotas, parts, lambda gen, acc: bar.update(acc))
@@ -338,6 +342,19 @@ def generate(job: GenerateJob, out_dir: str | Path, progress: bool | None = None
                 if quota:
                     sink.write(pq.read_table(part))
     return summary
+
+
+@contextmanager
+def _parts_folder(out_dir: Path, process: str) -> Iterator[Path]:
+    """A hidden folder for this run's part files, removed at the end whatever happens."""
+    prefix = f".{process}-parts-"
+    remove_stale(out_dir, prefix)
+    folder = out_dir / f"{prefix}{os.getpid()}-{secrets.token_hex(4)}"
+    folder.mkdir()
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _run_workers(job: GenerateJob, quotas: list[int], parts: list[Path], report) -> list[dict]:
@@ -363,6 +380,8 @@ def _run_workers(job: GenerateJob, quotas: list[int], parts: list[Path], report)
                 report(*payload)
             elif kind == "done":
                 results[worker] = payload
+            elif kind == "input_error":
+                raise InputError(*payload)
             else:
                 raise RuntimeError(f"generator worker {worker} failed:\n{payload}")
     finally:
@@ -378,6 +397,8 @@ def _worker_main(job: GenerateJob, worker: int, quota: int, part: Path, messages
         result = run_worker(job, worker, quota, part,
                             lambda gen, acc: messages.put(("progress", worker, (gen, acc))))
         messages.put(("done", worker, result))
+    except InputError as exc:
+        messages.put(("input_error", worker, (exc.source, exc.problem)))
     except BaseException:
         messages.put(("error", worker, traceback.format_exc()))
 
