@@ -228,19 +228,22 @@ def open_parquet(path: str | Path) -> tuple[CheckedParquetFile, dict]:
     if not isinstance(meta, dict) or meta.get("schema_version") != sch.SCHEMA_VERSION:
         version = meta.get("schema_version") if isinstance(meta, dict) else None
         raise InputError(path, f"schema version {version} (this engine reads version {sch.SCHEMA_VERSION})")
-    if CHECK_KEY in raw:
-        _verify_check(pf, raw, path)
+    footer = pf.metadata.metadata or {}
+    if CHECK_KEY in footer:
+        _verify_check(pf, footer[CHECK_KEY], [raw[sch.METADATA_KEY], footer.get(sch.METADATA_KEY)], path)
     _verify_schema(pf, meta, path)
     return pf, meta
 
 
-def _verify_check(pf: pq.ParquetFile, raw: dict[bytes, bytes], path: str | Path) -> None:
+def _verify_check(pf: pq.ParquetFile, check_doc: bytes, engine_docs: list[bytes | None],
+                  path: str | Path) -> None:
+    """Both copies of the `engine` document (Parquet's and Arrow's) and the row counts match."""
     try:
-        check = json.loads(raw[CHECK_KEY])
+        check = json.loads(check_doc)
         crc, row_groups = int(check["engine_crc32"]), [int(n) for n in check["row_groups"]]
     except (ValueError, TypeError, KeyError):
         raise InputError(path, "corrupt engine metadata check") from None
-    if zlib.crc32(raw[sch.METADATA_KEY]) != crc:
+    if any(doc is None or zlib.crc32(doc) != crc for doc in engine_docs):
         raise InputError(path, "corrupt engine metadata (CRC-32 mismatch)")
     found = [pf.metadata.row_group(i).num_rows for i in range(pf.metadata.num_row_groups)]
     if found != row_groups or pf.metadata.num_rows != sum(row_groups):
