@@ -42,7 +42,7 @@ import awkward as ak
 import numpy as np
 
 from engine.config import to_dict
-from engine.data.parquet_io import (ParquetSink, atomic_path, check_finite, remove_stale,
+from engine.data.parquet_io import (TMP_MARK, ParquetSink, atomic_path, check_finite, remove_stale,
                                     writable_folder)
 from engine.data.readers_json import JsonReader
 from engine.data.readers_root import (DELPHES_TREE, NANOAOD_TREE, DelphesReader, NanoAODReader,
@@ -256,6 +256,8 @@ def convert_all(jobs: list[ConvertJob], out_dir: str | Path, workers: int = 1, s
     writable_folder(out_dir)
     done: list[ConvertResult] = []
     failures: list[Failure] = []
+    for job in jobs:  # temporaries a killed writer left beside the outputs
+        remove_stale(out_dir, f".{job.out.name}{TMP_MARK}")
     with _staging(out_dir, created) as staging:
         staged = [replace(job, out=staging / job.out.name) for job in jobs]
         for outcome in iter_convert(staged, workers=workers, skip_bad=skip_bad):

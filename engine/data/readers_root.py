@@ -103,9 +103,10 @@ def open_tree(path: str | Path, tree_name: str | None = None):
         raise InputError(path, f"unreadable ROOT file ({_first_line(exc)})") from None
     except READ_ERRORS as exc:
         raise InputError(path, f"unreadable ROOT file, truncated? ({_first_line(exc)})") from None
-    if tree_name is None:
-        return root, None
     try:
+        _check_length(root, path)
+        if tree_name is None:
+            return root, None
         trees = tree_names(root, path)
         if tree_name not in trees:
             found = ", ".join(trees) or "none"
@@ -114,6 +115,13 @@ def open_tree(path: str | Path, tree_name: str | None = None):
     except InputError:
         root.file.close()
         raise
+
+
+def _check_length(root, path: Path) -> None:
+    """InputError if the file is shorter than the end its ROOT header records (fEND)."""
+    end, size = int(root.file.fEND), path.stat().st_size
+    if size < end:
+        raise InputError(path, f"truncated file: the ROOT header says {end:,} bytes, the file has {size:,}")
 
 
 def _read_tree(root, tree_name: str, path: Path):
