@@ -251,6 +251,9 @@ def run_worker(job: GenerateJob, worker: int, quota: int, part_path: Path,
         while accepted < quota:
             size = _batch_size(quota - accepted, generated, accepted)
             batch = pythia.nextBatch(size)
+            if len(batch) == 0:
+                raise InputError("--ecm", f"Pythia generated no event of process '{process.name}' at "
+                                          f"{job.ecm_gev:g} GeV in {size} tries (too close to its threshold?)")
             rows = _rows(batch, process, job, rng, charge_of, worker, generated, accepted)
             used = len(batch)
             if len(rows) > quota - accepted:  # events after the last row kept count for nothing
