@@ -451,3 +451,37 @@ def test_output_folder_that_cannot_be_created(files, tmp_path):
         with pytest.raises(InputError, match="--out") as info:
             cv.convert_all(cv.plan_jobs([files["nano"][0]], tmp_path / "elsewhere", "ttbar"), out)
         assert str(out) in str(info.value)
+
+
+# --- corrupt ROOT and JSON: an InputError, never a traceback -------------------------------
+
+FUZZ_CASES = {"root": 120, "json": 200}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", list(FUZZ_CASES))
+def test_corrupt_inputs_convert_or_stop_with_one_line(tmp_path, fmt):
+    """Seeded flips, truncations, deletions, insertions, overwrites. ROOT's uncompressed baskets and
+    JSON text carry no checksum, so a damaged value there can convert; anything else is an
+    InputError naming the file, and a failed conversion writes nothing."""
+    if fmt == "root":
+        source = rf.write_root(tmp_path / "src.root", "Events", [rf.nanoaod_branches(150, seed=21)])
+    else:
+        source = rf.write_json(tmp_path / "src.json", rf.json_events(30, seed=22))
+    original = source.read_bytes()
+    rng = np.random.default_rng({"root": 31, "json": 32}[fmt])
+    outcomes = {"converted": 0, "error": 0}
+    for case in range(FUZZ_CASES[fmt]):
+        description, data = rf.corrupt(original, rng)
+        bad = tmp_path / f"bad.{fmt}"
+        bad.write_bytes(data)
+        out = tmp_path / "out" / f"case{case}.parquet"
+        try:
+            cv.convert_file(cv.ConvertJob(bad, out, "ttbar", selection=NONE))
+            outcomes["converted"] += 1
+            assert open_parquet(out)[0].metadata.num_rows >= 0
+        except InputError as exc:
+            outcomes["error"] += 1
+            assert str(bad) in str(exc) and "\n" not in str(exc), (description, str(exc))
+            assert not out.exists() and not list(out.parent.glob(".*")), description
+    assert outcomes["error"] > FUZZ_CASES[fmt] // 2, outcomes

@@ -23,35 +23,10 @@ from engine.data.shards import read_inputs
 from engine.data.summary import summarize
 from engine.data.synthetic import write_synthetic
 from engine.errors import InputError
+from tests.rootfiles import corrupt
 
-CASES = {"events": 400, "fatjets": 150}
+CASES = {"events": 300, "fatjets": 120}
 """Corruptions per kind (seeded)."""
-
-
-def corrupt(data: bytes, rng: np.random.Generator) -> tuple[str, bytes]:
-    """One seeded corruption of `data`: (description, corrupted bytes)."""
-    size = len(data)
-    how = rng.choice(["flip", "flip_footer", "truncate", "delete", "insert", "overwrite", "zeros"])
-    b = bytearray(data)
-    if how in ("flip", "flip_footer"):
-        low = max(0, size - 600) if how == "flip_footer" else 0
-        positions = rng.integers(low, size, rng.integers(1, 4))
-        for pos in positions:
-            b[pos] ^= 1 << int(rng.integers(0, 8))
-        return f"{how} at {positions.tolist()}", bytes(b)
-    if how == "truncate":
-        keep = int(rng.integers(0, size))
-        return f"truncate to {keep}", bytes(b[:keep])
-    start = int(rng.integers(0, size))
-    length = int(rng.integers(1, 65))
-    if how == "delete":
-        del b[start:start + length]
-    elif how == "insert":
-        b[start:start] = rng.bytes(length)
-    else:
-        new = rng.bytes(length) if how == "overwrite" else bytes(length)
-        b[start:start + length] = new[:len(b[start:start + length])]
-    return f"{how} {length} bytes at {start}", bytes(b)
 
 
 def _outcome(read, target: Path):

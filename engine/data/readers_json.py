@@ -79,6 +79,8 @@ def _load(path: Path) -> dict:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         where = f" (line {exc.lineno}, column {exc.colno})" if isinstance(exc, json.JSONDecodeError) else ""
         raise InputError(path, f"not valid JSON{where}") from None
+    except RecursionError:
+        raise InputError(path, "JSON nested too deeply to be events") from None
     if not isinstance(data, dict):
         raise InputError(path, "expected a JSON object keyed by event number")
     return data
@@ -93,7 +95,11 @@ def _to_events(path: Path, data: dict) -> ak.Array:
     if not data:
         raw = ak.Array([{k: 0.0 for k in EVENT_REQUIRED}])[:0]
     else:
-        raw = ak.from_iter(list(data.values()))
+        try:
+            raw = ak.from_iter(list(data.values()))
+        except (RuntimeError, OverflowError, ValueError, TypeError):
+            raise InputError(path, "events hold values that are not 64-bit numbers, lists or objects "
+                                   "(an integer beyond 64 bits?)") from None
     if raw.fields == []:
         raise InputError(path, "events must be JSON objects")
     header = {k: _column(path, raw, k, "event") for k in EVENT_REQUIRED}

@@ -26,7 +26,9 @@ Delphes (tree `Delphes`; leaves `Electron.PT` as Delphes writes them, or `Electr
 """
 from __future__ import annotations
 
+import importlib
 import importlib.util
+import lzma
 import struct
 import zlib
 from pathlib import Path
@@ -61,8 +63,23 @@ DELPHES_REQUIRED = {"Electron": ("PT", "Eta", "Phi", "Charge"), "Muon": ("PT", "
 DELPHES_OPTIONAL = {"Event": ("Number", "Weight")}
 BITMASK_BRANCHES = ("Jet_jetId", "Jet.BTag", "Jet_BTag")
 """Branches read bit by bit: they must hold integers."""
-READ_ERRORS = (OSError, ValueError, EOFError, KeyError, IndexError, struct.error, zlib.error,
-               uproot.deserialization.DeserializationError)
+
+
+def _decompression_errors() -> tuple[type[BaseException], ...]:
+    """The errors the installed decompressors raise on corrupt baskets."""
+    errors: list[type[BaseException]] = [zlib.error, lzma.LZMAError]
+    for module, name in (("isal.isal_zlib", "error"), ("lz4.block", "LZ4BlockError"),
+                         ("zstandard", "ZstdError")):
+        if importlib.util.find_spec(module.split(".")[0]) is not None:
+            errors.append(getattr(importlib.import_module(module), name))
+    return tuple(errors)
+
+
+READ_ERRORS = (OSError, ValueError, EOFError, KeyError, IndexError, struct.error, AssertionError,
+               AttributeError, TypeError, NotImplementedError, uproot.deserialization.DeserializationError,
+               *_decompression_errors())
+"""What uproot raises on truncated or corrupt bytes: its parsers of headers, streamers and baskets
+assert, index and decompress untrusted data, so each of these means a corrupt file."""
 
 
 def use_fast_zlib() -> str:
