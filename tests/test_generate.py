@@ -130,6 +130,15 @@ def test_bad_input_via_subprocess(tmp_path):
     assert "ttbar" in proc.stderr and not list(tmp_path.iterdir())
 
 
+def test_binary_config_file_is_one_line(tmp_path, capsys):
+    (tmp_path / "bin.yaml").write_bytes(b"\xff\xfe\x00")
+    for option in ("--selection", "--detector"):
+        code = main(["generate", "--process", "dy", "--events", "2", "--out", str(tmp_path / "out"),
+                     option, str(tmp_path / "bin.yaml")])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and err == f"error: {tmp_path / 'bin.yaml'}: not valid YAML (UnicodeDecodeError)"
+
+
 def test_out_that_cannot_be_created(tmp_path, capsys):
     (tmp_path / "file").write_text("x")
     for out in (tmp_path / "file", tmp_path / "file" / "sub"):
