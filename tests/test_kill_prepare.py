@@ -59,6 +59,29 @@ def _kill_while_writing(args: list[str], out: Path, seconds: float) -> bool:
         proc.stderr.close()
 
 
+def _kill_parent_only(args: list[str], out: Path) -> None:
+    """SIGKILL only the command, not its workers: the workers notice and exit on their own."""
+    proc = _start(args)
+    while proc.poll() is None and not _hidden(out):
+        time.sleep(0.01)
+    time.sleep(1.0)
+    proc.kill()
+    proc.wait()
+    proc.stderr.close()
+    deadline = time.monotonic() + 60
+    while _group_alive(proc.pid):
+        assert time.monotonic() < deadline, "workers outlived the killed command"
+        time.sleep(0.1)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
 def _visible(out: Path) -> list[Path]:
     try:
         return parquet_io.list_parquet(out)
@@ -85,6 +108,7 @@ def test_killed_generate_leaves_nothing_a_reader_sees(tmp_path):
         for path in _visible(out):
             assert parquet_io.read(path).num_rows == GENERATE_EVENTS
     assert killed >= 2 and left >= 1, "the runs ended before the kills: nothing was tested"
+    _kill_parent_only(args + ["--workers", 2], out)
     _run(args + ["--workers", 2])
     assert _hidden(out) == []
     assert _visible(out) == [out / "ttbar.parquet"]

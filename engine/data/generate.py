@@ -396,9 +396,15 @@ def _run_workers(job: GenerateJob, quotas: list[int], parts: list[Path], report)
 
 
 def _worker_main(job: GenerateJob, worker: int, quota: int, part: Path, messages) -> None:
+    parent = mp.parent_process()
+
+    def report(generated: int, accepted: int) -> None:
+        if parent is not None and not parent.is_alive():  # killed: stop, and leave no part behind
+            raise SystemExit(1)
+        messages.put(("progress", worker, (generated, accepted)))
+
     try:
-        result = run_worker(job, worker, quota, part,
-                            lambda gen, acc: messages.put(("progress", worker, (gen, acc))))
+        result = run_worker(job, worker, quota, part, report)
         messages.put(("done", worker, result))
     except InputError as exc:
         messages.put(("input_error", worker, (exc.source, exc.problem)))
