@@ -445,6 +445,15 @@ def test_stale_staging_of_a_killed_run_is_removed(files, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["convert.json", "nano.parquet"]
 
 
+def test_output_that_is_a_folder(files, tmp_path):
+    out = tmp_path / "out"
+    (out / "nano.parquet").mkdir(parents=True)
+    with pytest.raises(InputError, match="is a folder") as info:
+        cv.convert_all(cv.plan_jobs([files["nano"][0]], out, "ttbar"), out)
+    assert str(out / "nano.parquet") in str(info.value)
+    assert sorted(p.name for p in out.iterdir()) == ["nano.parquet"]
+
+
 def test_output_folder_that_cannot_be_created(files, tmp_path):
     (tmp_path / "file").write_text("x")
     for out in (tmp_path / "file", tmp_path / "file" / "sub"):

@@ -115,3 +115,27 @@ def test_fatjet_pid_out_of_int32_range():
                          "constituents")
     with pytest.raises(schema.ValueRangeError, match="'constituents.pid'"):
         schema.fatjets_table(jets, "qcd", ["qcd"])
+
+
+def test_atomic_path_removes_only_dead_writers_temporaries(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
+    final = tmp_path / "x.parquet"
+    stale = [tmp_path / f".x.parquet.tmp-{dead}", tmp_path / f".x.parquet.tmp-{dead}-ab12"]
+    alive = [tmp_path / f".x.parquet.tmp-{os.getppid()}-cd34", tmp_path / f".y.parquet.tmp-{dead}-ab12"]
+    for path in stale + alive:
+        path.write_bytes(b"half")
+    with parquet_io.atomic_path(final) as first, parquet_io.atomic_path(final) as second:
+        assert first != second and first.name.startswith(".x.parquet.tmp-")
+        first.write_text("1")
+        second.write_text("2")
+    assert final.read_text() == "1"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([final.name] + [p.name for p in alive])
+    (tmp_path / "folder.parquet").mkdir()
+    with pytest.raises(InputError, match="is a folder"):
+        with parquet_io.atomic_path(tmp_path / "folder.parquet"):
+            pass

@@ -257,6 +257,8 @@ def convert_all(jobs: list[ConvertJob], out_dir: str | Path, workers: int = 1, s
     done: list[ConvertResult] = []
     failures: list[Failure] = []
     for job in jobs:  # temporaries a killed writer left beside the outputs
+        if job.out.is_dir():
+            raise InputError(job.out, "is a folder: cannot be replaced by the converted file")
         remove_stale(out_dir, f".{job.out.name}{TMP_MARK}")
     with _staging(out_dir, created) as staging:
         staged = [replace(job, out=staging / job.out.name) for job in jobs]

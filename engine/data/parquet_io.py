@@ -43,6 +43,8 @@ def atomic_path(final: str | Path) -> Iterator[Path]:
     temporaries of `final` whose writer is gone (a killed run) are removed here first.
     """
     final = Path(final)
+    if final.is_dir():
+        raise InputError(final, "is a folder: cannot be replaced by the file to write there")
     final.parent.mkdir(parents=True, exist_ok=True)
     remove_stale(final.parent, f".{final.name}{TMP_MARK}")
     tmp = final.with_name(f".{final.name}{TMP_MARK}{os.getpid()}-{secrets.token_hex(4)}")
