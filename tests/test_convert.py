@@ -324,8 +324,10 @@ def test_skip_bad_converts_the_good_and_reports_the_bad(files, bad, tmp_path):
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["convert.json", "nano.parquet"]
     record = json.loads((tmp_path / "out" / "convert.json").read_text())
     assert [(r["input"], r["output"]) for r in record["converted"]] == [(str(good), "nano.parquet")]
-    assert record["converted"][0]["events_accepted"] == open_parquet(tmp_path / "out" / "nano.parquet")[0].metadata.num_rows
-    assert sorted(f["input"] for f in record["failed"]) == sorted(str(bad[k][0]) for k in ("truncated", "missing"))
+    rows = open_parquet(tmp_path / "out" / "nano.parquet")[0].metadata.num_rows
+    assert record["converted"][0]["events_accepted"] == rows
+    assert sorted(f["input"] for f in record["failed"]) == sorted(str(bad[k][0]) for k in ("truncated",
+                                                                                          "missing"))
     assert "truncated" in next(f["problem"] for f in record["failed"] if "truncated" in f["input"])
     proc = run_cli(bad["truncated"][0], bad["missing"][0], "--out", tmp_path / "out2",
                    "--label", "ttbar", "--skip-bad")

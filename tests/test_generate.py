@@ -144,7 +144,8 @@ def test_out_that_cannot_be_created(tmp_path, capsys):
     for out in (tmp_path / "file", tmp_path / "file" / "sub"):
         code = main(["generate", "--process", "dy", "--events", "2", "--out", str(out)])
         err = capsys.readouterr().err.strip()
-        assert code == 2 and err.startswith(f"error: {out}: ") and "--out" in err and len(err.splitlines()) == 1
+        assert code == 2 and err.startswith(f"error: {out}: ") and "--out" in err
+        assert len(err.splitlines()) == 1
 
 
 def test_energy_without_events_is_one_line_naming_ecm_from_a_worker(tmp_path):
@@ -155,7 +156,8 @@ def test_energy_without_events_is_one_line_naming_ecm_from_a_worker(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr
     assert lines[0].startswith("error: --ecm: Pythia generated no event of process 'qcd' at 501 GeV")
-    assert not any(p.name.endswith(".parquet") or p.name.startswith(".") for p in (tmp_path / "out").iterdir())
+    assert not any(p.name.endswith(".parquet") or p.name.startswith(".")
+                   for p in (tmp_path / "out").iterdir())
 
 
 def test_energy_pythia_rejects_is_one_line_naming_ecm(tmp_path, capsys):

@@ -1,6 +1,7 @@
 """SIGKILL `generate` and `convert` (their whole process group: workers too) at seeded random
-moments while they write (after their hidden work folder appears), then check that nothing a later step reads is half-written or doubled, and that a rerun
-cleans up what the killed run left and delivers every event exactly once.
+moments while they write (after their hidden work folder appears), then check that nothing a
+later step reads is half-written or doubled, and that a rerun cleans up what the killed run left
+and delivers every event exactly once. Killing `generate` alone (not its workers) is tested too.
 
 After each kill, every visible Parquet file under `--out` must be complete (it reads, with all its
 events); leftovers may only be hidden (temporaries, staging and parts folders). After the rerun,
@@ -115,7 +116,8 @@ def test_killed_generate_leaves_nothing_a_reader_sees(tmp_path):
     assert _visible(out) == [out / "ttbar.parquet"]
     table = read_inputs([out]).table  # what `shard` reads
     assert table.num_rows == GENERATE_EVENTS
-    ids = pc.binary_join_element_wise(*(table.column(c).cast("string") for c in ("run", "lumi", "event")), ":")
+    ids = pc.binary_join_element_wise(*(table.column(c).cast("string") for c in ("run", "lumi", "event")),
+                                      ":")
     assert len(pc.unique(ids)) == GENERATE_EVENTS
 
 

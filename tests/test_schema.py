@@ -126,7 +126,8 @@ def test_atomic_path_removes_only_dead_writers_temporaries(tmp_path):
                           capture_output=True, text=True).stdout.strip()
     final = tmp_path / "x.parquet"
     stale = [tmp_path / f".x.parquet.tmp-{dead}", tmp_path / f".x.parquet.tmp-{dead}-ab12"]
-    alive = [tmp_path / f".x.parquet.tmp-{os.getppid()}-cd34", tmp_path / f".y.parquet.tmp-{dead}-ab12"]
+    alive = [tmp_path / f".x.parquet.tmp-{os.getppid()}-cd34", tmp_path / f".y.parquet.tmp-{dead}-ab12",
+             tmp_path / f".x.parquet.tmp-{dead}-another_host-ab12"]
     for path in stale + alive:
         path.write_bytes(b"half")
     with parquet_io.atomic_path(final) as first, parquet_io.atomic_path(final) as second:

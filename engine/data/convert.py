@@ -29,7 +29,6 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
-import secrets
 import shutil
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -42,8 +41,8 @@ import awkward as ak
 import numpy as np
 
 from engine.config import to_dict
-from engine.data.parquet_io import (TMP_MARK, ParquetSink, atomic_path, check_finite, remove_stale,
-                                    writable_folder)
+from engine.data.parquet_io import (TMP_MARK, ParquetSink, atomic_path, check_finite, private_name,
+                                    remove_stale, writable_folder)
 from engine.data.readers_json import JsonReader
 from engine.data.readers_root import (DELPHES_TREE, NANOAOD_TREE, DelphesReader, NanoAODReader,
                                       keep_objects, open_tree, record_parts, tree_names)
@@ -282,7 +281,7 @@ def _staging(out_dir: Path, created: bool) -> Iterator[Path]:
     """A hidden folder for this run's outputs, removed at the end whatever happens (and `out_dir`
     too if this run `created` it and left nothing in it)."""
     remove_stale(out_dir, STAGING_PREFIX)
-    folder = out_dir / f"{STAGING_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
+    folder = out_dir / private_name(STAGING_PREFIX)
     folder.mkdir()
     try:
         yield folder

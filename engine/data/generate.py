@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import math
 import multiprocessing as mp
-import os
 import queue as queue_mod
-import secrets
 import shutil
 import sys
 import time
@@ -33,7 +31,7 @@ import pyarrow.parquet as pq
 
 from engine.config import to_dict
 from engine.data import detector as det
-from engine.data.parquet_io import ParquetSink, remove_stale, writable_folder
+from engine.data.parquet_io import ParquetSink, private_name, remove_stale, writable_folder
 from engine.data.processes import Process, get_process, make_pythia, stdout_silenced
 from engine.data.schema import events_table, fatjets_table
 from engine.data.selection import SelectionConfig, apply_selection, fatjet_mask
@@ -253,7 +251,8 @@ def run_worker(job: GenerateJob, worker: int, quota: int, part_path: Path,
             batch = pythia.nextBatch(size)
             if len(batch) == 0:
                 raise InputError("--ecm", f"Pythia generated no event of process '{process.name}' at "
-                                          f"{job.ecm_gev:g} GeV in {size} tries (too close to its threshold?)")
+                                          f"{job.ecm_gev:g} GeV in {size} tries "
+                                          f"(too close to its threshold?)")
             rows = _rows(batch, process, job, rng, charge_of, worker, generated, accepted)
             used = len(batch)
             if len(rows) > quota - accepted:  # events after the last row kept count for nothing
@@ -352,7 +351,7 @@ def _parts_folder(out_dir: Path, process: str) -> Iterator[Path]:
     """A hidden folder for this run's part files, removed at the end whatever happens."""
     prefix = f".{process}-parts-"
     remove_stale(out_dir, prefix)
-    folder = out_dir / f"{prefix}{os.getpid()}-{secrets.token_hex(4)}"
+    folder = out_dir / private_name(prefix)
     folder.mkdir()
     try:
         yield folder

@@ -16,6 +16,7 @@ import json
 import os
 import secrets
 import shutil
+import socket
 import zlib
 from contextlib import contextmanager
 from pathlib import Path
@@ -39,15 +40,15 @@ READ_ERRORS = (OSError, pa.ArrowException, ValueError, EOFError)
 def atomic_path(final: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `final`; rename it to `final` on success, delete it on error.
 
-    The temporary name is hidden, unique to this call, and carries the writer's process id, so
-    temporaries of `final` whose writer is gone (a killed run) are removed here first.
+    The temporary name is hidden and unique to this call (`private_name`), so temporaries of
+    `final` whose writer is gone (a killed run) are recognised and removed here first.
     """
     final = Path(final)
     if final.is_dir():
         raise InputError(final, "is a folder: cannot be replaced by the file to write there")
     final.parent.mkdir(parents=True, exist_ok=True)
     remove_stale(final.parent, f".{final.name}{TMP_MARK}")
-    tmp = final.with_name(f".{final.name}{TMP_MARK}{os.getpid()}-{secrets.token_hex(4)}")
+    tmp = final.with_name(private_name(f".{final.name}{TMP_MARK}"))
     try:
         yield tmp
         os.replace(tmp, final)
@@ -56,15 +57,23 @@ def atomic_path(final: str | Path) -> Iterator[Path]:
             tmp.unlink()
 
 
-def remove_stale(folder: Path, prefix: str) -> list[Path]:
-    """Delete entries of `folder` named `prefix<pid>[-...]` whose process <pid> no longer runs."""
-    removed = []
+def private_name(prefix: str) -> str:
+    """`prefix<pid>-<host>-<random>`: a name no other writer uses, telling who made it."""
+    return f"{prefix}{os.getpid()}-{_host()}-{secrets.token_hex(4)}"
+
+
+def remove_stale(folder: Path, prefix: str) -> None:
+    """Delete the entries of `folder` that `private_name(prefix)` made for a process of this host
+    that no longer runs (a killed writer). Another host's entries are left alone."""
     for entry in folder.glob(f"{_glob_escape(prefix)}*"):
-        pid = entry.name[len(prefix):].split("-", 1)[0]
-        if pid.isdigit() and not _process_alive(int(pid)):
+        pid, _, rest = entry.name[len(prefix):].partition("-")
+        host = rest.rpartition("-")[0] if rest.count("-") else ""
+        if pid.isdigit() and host in ("", _host()) and not _process_alive(int(pid)):
             _remove(entry)
-            removed.append(entry)
-    return removed
+
+
+def _host() -> str:
+    return "".join(c if c.isalnum() else "_" for c in socket.gethostname()) or "host"
 
 
 def _glob_escape(text: str) -> str:
@@ -78,8 +87,8 @@ def _process_alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
-        return True
+    except PermissionError:  # alive, another user's
+        pass
     return True
 
 

@@ -256,7 +256,8 @@ class Chunk:
         if dtype.kind not in "biuf":
             raise InputError(self.path, f"branch '{name}' holds {dtype} values, expected numbers")
         if name in BITMASK_BRANCHES and dtype.kind not in "biu":
-            raise InputError(self.path, f"branch '{name}' holds {dtype} values, expected integers (a bit mask)")
+            raise InputError(self.path, f"branch '{name}' holds {dtype} values, "
+                                        f"expected integers (a bit mask)")
 
     def __contains__(self, name: str) -> bool:
         return name in self.flat
