@@ -496,3 +496,25 @@ def test_corrupt_inputs_convert_or_stop_with_one_line(tmp_path, fmt):
             assert str(bad) in str(exc) and "\n" not in str(exc), (description, str(exc))
             assert not out.exists() and not list(out.parent.glob(".*")), description
     assert outcomes["error"] > FUZZ_CASES[fmt] // 2, outcomes
+
+
+def _delphes_float_btag(b):
+    b["Jet"] = ak.with_field(b["Jet"], ak.values_astype(b["Jet"].BTag, np.float32), "BTag")
+
+
+def _delphes_flat_met(b):
+    del b["MissingET"]
+    b.update({"MissingET.MET": np.ones(30, np.float32), "MissingET.Phi": np.zeros(30, np.float32)})
+
+
+@pytest.mark.parametrize("edit,words", [
+    (_delphes_float_btag, "'Jet.BTag' holds float32 values, expected integers"),
+    (_delphes_flat_met, "branch 'MissingET.MET' must hold a list per event"),
+])
+def test_delphes_wrong_types_are_one_line(tmp_path, edit, words):
+    b = rf.delphes_branches(30, seed=5)
+    edit(b)
+    source = rf.write_root(tmp_path / "d.root", "Delphes", [b], naming="dotted")
+    with pytest.raises(InputError, match=words):
+        cv.convert_all(cv.plan_jobs([source], tmp_path / "out", "ttbar", selection=NONE), tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -329,6 +329,9 @@ def generate(job: GenerateJob, out_dir: str | Path, progress: bool | None = None
 
     process = get_process(job.process)
     out_dir = writable_folder(out_dir)
+    target = out_dir / f"{process.name}.parquet"
+    if target.is_dir():
+        raise InputError(target, "is a folder: cannot be replaced by the generated file")
     quotas = split_counts(job.events, job.workers)
     start = time.perf_counter()
     with _parts_folder(out_dir, process.name) as tmp:
@@ -337,7 +340,7 @@ def generate(job: GenerateJob, out_dir: str | Path, progress: bool | None = None
                   disable=None if progress is None else not progress) as bar:
             results = _run_workers(job, quotas, parts, lambda gen, acc: bar.update(acc))
         seconds = time.perf_counter() - start
-        summary = _summary(results, seconds, out_dir / f"{process.name}.parquet")
+        summary = _summary(results, seconds, target)
         provenance = _provenance(job, process, summary, len(quotas))
         with ParquetSink(summary["path"], process.kind, [process.name], provenance) as sink:
             for part, quota in zip(parts, quotas):
