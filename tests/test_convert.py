@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -518,3 +519,22 @@ def test_delphes_wrong_types_are_one_line(tmp_path, edit, words):
     with pytest.raises(InputError, match=words):
         cv.convert_all(cv.plan_jobs([source], tmp_path / "out", "ttbar", selection=NONE), tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("change,words", [
+    (lambda e: e["1"].update(run=2**70), "integer beyond 64 bits"),
+    (lambda e: e["1"]["jet"].append({"pt": 30.0, "eta": 0.0, "phi": 0.0, "CSV": 0.5, "tightID": True,
+                                     "mass": 1e39}), "'jets.mass' holds the value 1e+39"),
+    (lambda e: e["1"].update(muon=[{"pt": 30.0, "eta": 0.0, "phi": 0.0, "tightID": True, "tightIso": True,
+                                    "charge": 1000}]), "'muons.charge' holds the value 1000"),
+    (lambda e: e["1"].update(jet="none"), "event field 'jet' must be a list of objects"),
+    (lambda e: e["1"].update(lumi=1.5), "column 'lumi' holds the non-integer value 1.5"),
+    (lambda e: e.update({str(2**70): e["1"]}), "event keys must be event numbers"),
+])
+def test_json_values_that_do_not_fit(tmp_path, change, words):
+    events = rf.json_events(5, seed=6)
+    change(events)
+    source = rf.write_json(tmp_path / "e.json", events)
+    with pytest.raises(InputError, match=re.escape(words)) as info:
+        convert(source, tmp_path / "out", NONE)
+    assert str(source) in str(info.value)
