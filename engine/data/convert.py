@@ -44,8 +44,9 @@ from engine.config import to_dict
 from engine.data.parquet_io import (TMP_MARK, ParquetSink, atomic_path, check_finite, private_name,
                                     remove_stale, writable_folder)
 from engine.data.readers_json import JsonReader
-from engine.data.readers_root import (DELPHES_TREE, NANOAOD_TREE, DelphesReader, NanoAODReader,
-                                      keep_objects, open_tree, record_parts, tree_names)
+from engine.data.jagged import keep_objects, record_parts
+from engine.data.readers_root import (DELPHES_TREE, NANOAOD_TREE, DelphesReader, NanoAODReader, open_tree,
+                                      tree_names)
 from engine.data.schema import ValueRangeError, events_table
 from engine.data.selection import PRESETS, SelectionConfig, event_mask
 from engine.errors import InputError
