@@ -13,17 +13,12 @@ worker order, so the same seed and W give the same file. The part files live in 
 from __future__ import annotations
 
 import math
-import multiprocessing as mp
-import queue as queue_mod
-import shutil
 import sys
 import time
-import traceback
-from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import awkward as ak
 import numpy as np
@@ -31,10 +26,11 @@ import pyarrow.parquet as pq
 
 from engine.config import to_dict
 from engine.data import detector as det
-from engine.data.parquet_io import ParquetSink, private_name, remove_stale, writable_folder
+from engine.data.parquet_io import ParquetSink, writable_folder
 from engine.data.processes import Process, get_process, make_pythia, stdout_silenced
 from engine.data.schema import events_table, fatjets_table
 from engine.data.selection import SelectionConfig, apply_selection, fatjet_mask
+from engine.data.worker_pool import parts_folder, run_workers
 from engine.errors import InputError
 
 MAX_BATCH_EVENTS = 200
@@ -334,11 +330,11 @@ def generate(job: GenerateJob, out_dir: str | Path, progress: bool | None = None
         raise InputError(target, "is a folder: cannot be replaced by the generated file")
     quotas = split_counts(job.events, job.workers)
     start = time.perf_counter()
-    with _parts_folder(out_dir, process.name) as tmp:
+    with parts_folder(out_dir, process.name) as tmp:
         parts = [tmp / f"part-{w}.parquet" for w in range(len(quotas))]
         with tqdm(total=job.events, unit="ev", desc=process.name, file=sys.stderr,
                   disable=None if progress is None else not progress) as bar:
-            results = _run_workers(job, quotas, parts, lambda gen, acc: bar.update(acc))
+            results = run_workers(run_worker, job, quotas, parts, lambda gen, acc: bar.update(acc))
         seconds = time.perf_counter() - start
         summary = _summary(results, seconds, target)
         provenance = _provenance(job, process, summary, len(quotas))
@@ -347,71 +343,6 @@ def generate(job: GenerateJob, out_dir: str | Path, progress: bool | None = None
                 if quota:
                     sink.write(pq.read_table(part))
     return summary
-
-
-@contextmanager
-def _parts_folder(out_dir: Path, process: str) -> Iterator[Path]:
-    """A hidden folder for this run's part files, removed at the end whatever happens."""
-    prefix = f".{process}-parts-"
-    remove_stale(out_dir, prefix)
-    folder = out_dir / private_name(prefix)
-    folder.mkdir()
-    try:
-        yield folder
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-def _run_workers(job: GenerateJob, quotas: list[int], parts: list[Path], report) -> list[dict]:
-    """One worker in this process, or one process per worker fed back through a queue."""
-    if len(quotas) == 1:
-        return [run_worker(job, 0, quotas[0], parts[0], report)]
-    ctx = mp.get_context("spawn")
-    messages = ctx.Queue()
-    procs = [ctx.Process(target=_worker_main, args=(job, w, q, parts[w], messages), daemon=True)
-             for w, q in enumerate(quotas) if q]
-    for proc in procs:
-        proc.start()
-    results: dict[int, dict] = {}
-    try:
-        while len(results) < len(procs):
-            try:
-                kind, worker, payload = messages.get(timeout=1.0)
-            except queue_mod.Empty:
-                if any(p.exitcode not in (None, 0) for p in procs):
-                    raise RuntimeError("a generator worker died without reporting") from None
-                continue
-            if kind == "progress":
-                report(*payload)
-            elif kind == "done":
-                results[worker] = payload
-            elif kind == "input_error":
-                raise InputError(*payload)
-            else:
-                raise RuntimeError(f"generator worker {worker} failed:\n{payload}")
-    finally:
-        for proc in procs:
-            if proc.is_alive():
-                proc.terminate()
-            proc.join()
-    return [results[w] for w in sorted(results)]
-
-
-def _worker_main(job: GenerateJob, worker: int, quota: int, part: Path, messages) -> None:
-    parent = mp.parent_process()
-
-    def report(generated: int, accepted: int) -> None:
-        if parent is not None and not parent.is_alive():  # killed: stop, and leave no part behind
-            raise SystemExit(1)
-        messages.put(("progress", worker, (generated, accepted)))
-
-    try:
-        result = run_worker(job, worker, quota, part, report)
-        messages.put(("done", worker, result))
-    except InputError as exc:
-        messages.put(("input_error", worker, (exc.source, exc.problem)))
-    except BaseException:
-        messages.put(("error", worker, traceback.format_exc()))
 
 
 def _summary(results: list[dict], seconds: float, path: Path) -> dict:
