@@ -41,7 +41,7 @@ def load_yaml(path: str | Path) -> dict:
         raise InputError(path, "no such config file")
     try:
         data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise InputError(path, f"not valid YAML ({exc.__class__.__name__})") from None
     if data is None:
         return {}

@@ -13,6 +13,7 @@ only make inputs, with the layouts real files have as far as uproot can write th
   lists and met, met_phi, run, lumi, ... (see ../shared/reference/SEEDS.md, section 1).
 
 A collection is given as an awkward jagged record array; flat branches as numpy arrays.
+`corrupt` damages any file's bytes in one seeded way, for the fuzz tests.
 """
 from __future__ import annotations
 
@@ -176,3 +177,29 @@ def write_json(path: str | Path, events: dict) -> Path:
     path = Path(path)
     path.write_text(json.dumps(events))
     return path
+
+
+def corrupt(data: bytes, rng: np.random.Generator) -> tuple[str, bytes]:
+    """One seeded corruption of `data`: (description, corrupted bytes)."""
+    size = len(data)
+    how = rng.choice(["flip", "flip_footer", "truncate", "delete", "insert", "overwrite", "zeros"])
+    b = bytearray(data)
+    if how in ("flip", "flip_footer"):
+        low = max(0, size - 600) if how == "flip_footer" else 0
+        positions = rng.integers(low, size, rng.integers(1, 4))
+        for pos in positions:
+            b[pos] ^= 1 << int(rng.integers(0, 8))
+        return f"{how} at {positions.tolist()}", bytes(b)
+    if how == "truncate":
+        keep = int(rng.integers(0, size))
+        return f"truncate to {keep}", bytes(b[:keep])
+    start = int(rng.integers(0, size))
+    length = int(rng.integers(1, 65))
+    if how == "delete":
+        del b[start:start + length]
+    elif how == "insert":
+        b[start:start] = rng.bytes(length)
+    else:
+        new = rng.bytes(length) if how == "overwrite" else bytes(length)
+        b[start:start + length] = new[:len(b[start:start + length])]
+    return f"{how} {length} bytes at {start}", bytes(b)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -321,7 +322,14 @@ def test_skip_bad_converts_the_good_and_reports_the_bad(files, bad, tmp_path):
     assert proc.returncode == 0, proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 2 and "Traceback" not in proc.stderr
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["nano.parquet"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["convert.json", "nano.parquet"]
+    record = json.loads((tmp_path / "out" / "convert.json").read_text())
+    assert [(r["input"], r["output"]) for r in record["converted"]] == [(str(good), "nano.parquet")]
+    rows = open_parquet(tmp_path / "out" / "nano.parquet")[0].metadata.num_rows
+    assert record["converted"][0]["events_accepted"] == rows
+    assert sorted(f["input"] for f in record["failed"]) == sorted(str(bad[k][0]) for k in ("truncated",
+                                                                                          "missing"))
+    assert "truncated" in next(f["problem"] for f in record["failed"] if "truncated" in f["input"])
     proc = run_cli(bad["truncated"][0], bad["missing"][0], "--out", tmp_path / "out2",
                    "--label", "ttbar", "--skip-bad")
     assert proc.returncode == 2 and proc.stderr.count("error: ") == 2
@@ -343,3 +351,190 @@ def cli_args(inputs, out: Path, **overrides) -> argparse.Namespace:
     values = dict(inputs=[str(p) for p in inputs], out=str(out), label="ttbar", format="auto",
                   selection="madrazo2017", workers=1, skip_bad=False, step_size=100_000)
     return argparse.Namespace(**{**values, **overrides})
+
+
+# --- wrong layouts and types, all or nothing -----------------------------------------------
+
+def _edited(path: Path, edit) -> Path:
+    b = rf.nanoaod_branches(40, seed=12)
+    edit(b)
+    return rf.write_root(path, "Events", [b])
+
+
+def _with_field(collection: str, name: str, change):
+    def edit(b):
+        b[collection] = ak.with_field(b[collection], change(b[collection][name]), name)
+    return edit
+
+
+def _jagged_met(b):
+    two = np.full(40, 2)
+    b["MET"] = ak.zip({"pt": ak.unflatten(np.ones(80, np.float32), two),
+                       "phi": ak.unflatten(np.zeros(80, np.float32), two)})
+    del b["MET_pt"], b["MET_phi"]
+
+
+def _flat_muon_charge(b):
+    b["Muon"] = b["Muon"][[f for f in b["Muon"].fields if f != "charge"]]
+    b["Muon_charge"] = np.ones(40, np.int32)
+
+
+LAYOUT_CASES = {
+    "jagged_met": (_jagged_met, "branch 'MET_pt' must hold one number per event"),
+    "flat_muon_charge": (_flat_muon_charge, "branch 'Muon_charge' must hold a list per event"),
+    "charge_1000": (_with_field("Muon", "charge", lambda c: c * 1000), "'muons.charge' holds the value"),
+    "charge_fraction": (_with_field("Muon", "charge", lambda c: c * 0.5), "non-integer value"),
+    "float_jet_id": (_with_field("Jet", "jetId", lambda v: ak.values_astype(v, np.float32)),
+                     "'Jet_jetId' holds float32 values, expected integers"),
+    "huge_pt": (_with_field("Jet", "pt", lambda v: ak.values_astype(v, np.float64) * 1e300),
+                "beyond the range of float32"),
+    "event_beyond_int64": (lambda b: b.update(event=np.full(40, 2**63 + 1, np.uint64)),
+                           "'event' holds the value 9223372036854775809"),
+}
+
+
+@pytest.mark.parametrize("case", list(LAYOUT_CASES))
+def test_wrong_layout_or_type_is_one_line_exit_2(tmp_path, capsys, case):
+    from engine.__main__ import main
+
+    edit, words = LAYOUT_CASES[case]
+    source = _edited(tmp_path / f"{case}.root", edit)
+    code = main(["convert", str(source), "--out", str(tmp_path / "out"), "--label", "ttbar",
+                 "--selection", "none"])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith(f"error: {source}: "), lines
+    assert words in lines[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_root_file_truncated_to_2kb(files, tmp_path):
+    data = files["nano"][0].read_bytes()
+    for size in (2048, 4096, 400, len(data) - 1):
+        path = tmp_path / f"cut{size}.root"
+        path.write_bytes(data[:size])
+        with pytest.raises(InputError, match="truncated|unreadable|not a ROOT") as info:
+            cv.convert_file(cv.ConvertJob(path, tmp_path / "out" / "x.parquet", "ttbar"))
+        assert str(path) in str(info.value)
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+
+
+def test_failure_during_conversion_leaves_out_as_it_was(files, tmp_path):
+    """The bad file passes the checks and fails only while converting, after a good one."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "earlier.parquet").write_bytes(b"kept as it was")
+    bad = _edited(tmp_path / "zbad.root", LAYOUT_CASES["charge_1000"][0])
+    jobs = cv.plan_jobs([files["nano"][0], bad], out, "ttbar", selection=NONE)
+    for workers in (1, 2):
+        with pytest.raises(InputError, match="muons.charge"):
+            cv.convert_all(jobs, out, workers=workers)
+        assert sorted(p.name for p in out.iterdir()) == ["earlier.parquet"]
+    done, failures = cv.convert_all(jobs, out, skip_bad=True)
+    assert [r.out for r in done] == [out / "nano.parquet"] and [f.source for f in failures] == [str(bad)]
+    assert sorted(p.name for p in out.iterdir()) == ["convert.json", "earlier.parquet", "nano.parquet"]
+    record = json.loads((out / "convert.json").read_text())
+    assert record["failed"][0]["input"] == str(bad) and "muons.charge" in record["failed"][0]["problem"]
+    assert record["converted"][0]["events_read"] == 400
+
+
+def test_stale_staging_of_a_killed_run_is_removed(files, tmp_path):
+    out = tmp_path / "out"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
+    (out / f".convert-{dead}-abcd").mkdir(parents=True)
+    (out / f".convert-{dead}-abcd" / "nano.parquet").write_bytes(b"half")
+    (out / f".nano.parquet.tmp-{dead}-abcd").write_bytes(b"half")
+    cv.convert_all(cv.plan_jobs([files["nano"][0]], out, "ttbar"), out)
+    assert sorted(p.name for p in out.iterdir()) == ["convert.json", "nano.parquet"]
+
+
+def test_output_that_is_a_folder(files, tmp_path):
+    out = tmp_path / "out"
+    (out / "nano.parquet").mkdir(parents=True)
+    with pytest.raises(InputError, match="is a folder") as info:
+        cv.convert_all(cv.plan_jobs([files["nano"][0]], out, "ttbar"), out)
+    assert str(out / "nano.parquet") in str(info.value)
+    assert sorted(p.name for p in out.iterdir()) == ["nano.parquet"]
+
+
+def test_output_folder_that_cannot_be_created(files, tmp_path):
+    (tmp_path / "file").write_text("x")
+    for out in (tmp_path / "file", tmp_path / "file" / "sub"):
+        with pytest.raises(InputError, match="--out") as info:
+            cv.convert_all(cv.plan_jobs([files["nano"][0]], tmp_path / "elsewhere", "ttbar"), out)
+        assert str(out) in str(info.value)
+
+
+# --- corrupt ROOT and JSON: an InputError, never a traceback -------------------------------
+
+FUZZ_CASES = {"root": 120, "json": 200}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", list(FUZZ_CASES))
+def test_corrupt_inputs_convert_or_stop_with_one_line(tmp_path, fmt):
+    """Seeded flips, truncations, deletions, insertions, overwrites. ROOT's uncompressed baskets and
+    JSON text carry no checksum, so a damaged value there can convert; anything else is an
+    InputError naming the file, and a failed conversion writes nothing."""
+    if fmt == "root":
+        source = rf.write_root(tmp_path / "src.root", "Events", [rf.nanoaod_branches(150, seed=21)])
+    else:
+        source = rf.write_json(tmp_path / "src.json", rf.json_events(30, seed=22))
+    original = source.read_bytes()
+    rng = np.random.default_rng({"root": 31, "json": 32}[fmt])
+    outcomes = {"converted": 0, "error": 0}
+    for case in range(FUZZ_CASES[fmt]):
+        description, data = rf.corrupt(original, rng)
+        bad = tmp_path / f"bad.{fmt}"
+        bad.write_bytes(data)
+        out = tmp_path / "out" / f"case{case}.parquet"
+        try:
+            cv.convert_file(cv.ConvertJob(bad, out, "ttbar", selection=NONE))
+            outcomes["converted"] += 1
+            assert open_parquet(out)[0].metadata.num_rows >= 0
+        except InputError as exc:
+            outcomes["error"] += 1
+            assert str(bad) in str(exc) and "\n" not in str(exc), (description, str(exc))
+            assert not out.exists() and not list(out.parent.glob(".*")), description
+    assert outcomes["error"] > FUZZ_CASES[fmt] // 2, outcomes
+
+
+def _delphes_float_btag(b):
+    b["Jet"] = ak.with_field(b["Jet"], ak.values_astype(b["Jet"].BTag, np.float32), "BTag")
+
+
+def _delphes_flat_met(b):
+    del b["MissingET"]
+    b.update({"MissingET.MET": np.ones(30, np.float32), "MissingET.Phi": np.zeros(30, np.float32)})
+
+
+@pytest.mark.parametrize("edit,words", [
+    (_delphes_float_btag, "'Jet.BTag' holds float32 values, expected integers"),
+    (_delphes_flat_met, "branch 'MissingET.MET' must hold a list per event"),
+])
+def test_delphes_wrong_types_are_one_line(tmp_path, edit, words):
+    b = rf.delphes_branches(30, seed=5)
+    edit(b)
+    source = rf.write_root(tmp_path / "d.root", "Delphes", [b], naming="dotted")
+    with pytest.raises(InputError, match=words):
+        cv.convert_all(cv.plan_jobs([source], tmp_path / "out", "ttbar", selection=NONE), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("change,words", [
+    (lambda e: e["1"].update(run=2**70), "integer beyond 64 bits"),
+    (lambda e: e["1"]["jet"].append({"pt": 30.0, "eta": 0.0, "phi": 0.0, "CSV": 0.5, "tightID": True,
+                                     "mass": 1e39}), "'jets.mass' holds the value 1e+39"),
+    (lambda e: e["1"].update(muon=[{"pt": 30.0, "eta": 0.0, "phi": 0.0, "tightID": True, "tightIso": True,
+                                    "charge": 1000}]), "'muons.charge' holds the value 1000"),
+    (lambda e: e["1"].update(jet="none"), "event field 'jet' must be a list of objects"),
+    (lambda e: e["1"].update(lumi=1.5), "column 'lumi' holds the non-integer value 1.5"),
+    (lambda e: e.update({str(2**70): e["1"]}), "event keys must be event numbers"),
+])
+def test_json_values_that_do_not_fit(tmp_path, change, words):
+    events = rf.json_events(5, seed=6)
+    change(events)
+    source = rf.write_json(tmp_path / "e.json", events)
+    with pytest.raises(InputError, match=re.escape(words)) as info:
+        convert(source, tmp_path / "out", NONE)
+    assert str(source) in str(info.value)

@@ -16,6 +16,7 @@ from engine.data.generate import GenerateJob, generate, split_counts, worker_see
 from engine.data.parquet_io import open_parquet
 from engine.data.schema import EVENT_SCHEMA, FATJET_SCHEMA
 from engine.data.selection import load_selection
+from engine.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -110,6 +111,10 @@ def test_fatjets_have_constituents_summing_to_the_jet(tmp_path, process):
     (["--process", "zprime", "--events", "5"], "unknown process"),
     (["--process", "ttbar", "--events", "0"], "--events"),
     (["--process", "ttbar", "--events", "5", "--workers", "0"], "--workers"),
+    (["--process", "ttbar", "--events", "5", "--ecm", "1"], "--ecm: 1 GeV is not above the threshold"),
+    (["--process", "ttbar", "--events", "5", "--ecm", "300"], "process 'ttbar' (345 GeV)"),
+    (["--process", "hbb", "--events", "5", "--ecm", "500"], "--ecm"),
+    (["--process", "dy", "--events", "5", "--ecm", "-7"], "--ecm"),
 ])
 def test_bad_input_exits_2_with_one_line_and_no_file(tmp_path, capsys, argv, needle):
     code = main(["generate", *argv, "--out", str(tmp_path / "out")])
@@ -123,3 +128,59 @@ def test_bad_input_via_subprocess(tmp_path):
                            "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "ttbar" in proc.stderr and not list(tmp_path.iterdir())
+
+
+def test_binary_config_file_is_one_line(tmp_path, capsys):
+    (tmp_path / "bin.yaml").write_bytes(b"\xff\xfe\x00")
+    for option in ("--selection", "--detector"):
+        code = main(["generate", "--process", "dy", "--events", "2", "--out", str(tmp_path / "out"),
+                     option, str(tmp_path / "bin.yaml")])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and err == f"error: {tmp_path / 'bin.yaml'}: not valid YAML (UnicodeDecodeError)"
+
+
+def test_out_that_cannot_be_created(tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    for out in (tmp_path / "file", tmp_path / "file" / "sub"):
+        code = main(["generate", "--process", "dy", "--events", "2", "--out", str(out)])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and err.startswith(f"error: {out}: ") and "--out" in err
+        assert len(err.splitlines()) == 1
+
+
+def test_energy_without_events_is_one_line_naming_ecm_from_a_worker(tmp_path):
+    """501 GeV passes qcd's threshold (2 x 250 GeV) but Pythia generates nothing there."""
+    proc = subprocess.run([sys.executable, "-m", "engine", "generate", "--process", "qcd", "--events", "2",
+                           "--workers", "2", "--ecm", "501", "--out", str(tmp_path / "out")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error: --ecm: Pythia generated no event of process 'qcd' at 501 GeV")
+    assert not any(p.name.endswith(".parquet") or p.name.startswith(".")
+                   for p in (tmp_path / "out").iterdir())
+
+
+def test_energy_pythia_rejects_is_one_line_naming_ecm(tmp_path, capsys):
+    """501 GeV passes hbb's threshold (2 x 250 GeV), but Pythia refuses to initialise there."""
+    code = main(["generate", "--process", "hbb", "--events", "1", "--ecm", "501", "--out", str(tmp_path)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err == "error: --ecm: Pythia cannot initialise process 'hbb' at 501 GeV"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_stale_parts_of_a_killed_run_are_removed_and_never_read(tmp_path, ttbar):
+    """A dead writer's parts folder (a killed run) is hidden from readers and removed by the next run."""
+    from engine.data.summary import summarize
+
+    path, _ = ttbar
+    out = tmp_path / "out"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
+    parts = out / f".dy-parts-{dead}-abcd"
+    parts.mkdir(parents=True)
+    (parts / "part-0.parquet").write_bytes(path.read_bytes())
+    with pytest.raises(InputError, match="no .parquet files"):
+        summarize(out)
+    summary = generate(_job("dy", 3), out, progress=False)
+    assert sorted(p.name for p in out.iterdir()) == ["dy.parquet"]
+    assert summarize(out)["events"] == 3 == summary["accepted"]

@@ -66,3 +66,77 @@ def test_open_rejects_foreign_parquet(tmp_path):
     pq.write_table(pa.table({"x": [1, 2]}), path)
     with pytest.raises(InputError, match="no engine metadata"):
         parquet_io.open_parquet(path)
+
+
+@pytest.mark.parametrize("values,target,fits", [
+    (np.array([127, -128], np.int32), np.int8, True),
+    (np.array([128], np.int32), np.int8, False),
+    (np.array([-129], np.int64), np.int8, False),
+    (np.array([1000], np.int32), np.int8, False),
+    (np.array([1.0, -1.0], np.float32), np.int8, True),
+    (np.array([0.5], np.float32), np.int8, False),
+    (np.array([np.nan], np.float64), np.int32, False),
+    (np.array([2**31 - 1], np.int64), np.int32, True),
+    (np.array([2**31], np.int64), np.int32, False),
+    (np.array([2**63 - 1], np.uint64), np.int64, True),
+    (np.array([2**63], np.uint64), np.int64, False),
+    (np.array([3.4e38, -3.4e38], np.float64), np.float32, True),
+    (np.array([3.5e38], np.float64), np.float32, False),
+    (np.array([np.inf], np.float64), np.float32, True),  # inf stays inf: check_finite names it
+    (np.array(["1"]), np.float32, False),
+])
+def test_values_that_do_not_fit_are_an_error_not_wrapped(values, target, fits):
+    if fits:
+        schema.check_fits(values, np.dtype(target), "col")
+    else:
+        with pytest.raises(schema.ValueRangeError, match="column 'col'"):
+            schema.check_fits(values, np.dtype(target), "col")
+
+
+def test_events_table_names_the_column_out_of_range():
+    import awkward as ak
+
+    events = synthetic_events(20, seed=4)
+    muons = events.muons
+    events = ak.with_field(events, ak.with_field(muons, ak.values_astype(muons.charge, np.int32) * 200,
+                                                 "charge"), "muons")
+    assert ak.sum(ak.num(events.muons)) > 0
+    with pytest.raises(schema.ValueRangeError, match="'muons.charge' holds the value"):
+        schema.events_table(events, "ttbar", ["ttbar"])
+
+
+def test_fatjet_pid_out_of_int32_range():
+    import awkward as ak
+    from engine.data.synthetic import synthetic_fatjets
+
+    jets = synthetic_fatjets("qcd", 5, seed=1)
+    c = jets.constituents
+    jets = ak.with_field(jets, ak.with_field(c, ak.values_astype(c.pid, np.int64) + 2**31, "pid"),
+                         "constituents")
+    with pytest.raises(schema.ValueRangeError, match="'constituents.pid'"):
+        schema.fatjets_table(jets, "qcd", ["qcd"])
+
+
+def test_atomic_path_removes_only_dead_writers_temporaries(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
+    final = tmp_path / "x.parquet"
+    stale = [tmp_path / f".x.parquet.tmp-{dead}", tmp_path / f".x.parquet.tmp-{dead}-ab12"]
+    alive = [tmp_path / f".x.parquet.tmp-{os.getppid()}-cd34", tmp_path / f".y.parquet.tmp-{dead}-ab12",
+             tmp_path / f".x.parquet.tmp-{dead}-another_host-ab12"]
+    for path in stale + alive:
+        path.write_bytes(b"half")
+    with parquet_io.atomic_path(final) as first, parquet_io.atomic_path(final) as second:
+        assert first != second and first.name.startswith(".x.parquet.tmp-")
+        first.write_text("1")
+        second.write_text("2")
+    assert final.read_text() == "1"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([final.name] + [p.name for p in alive])
+    (tmp_path / "folder.parquet").mkdir()
+    with pytest.raises(InputError, match="is a folder"):
+        with parquet_io.atomic_path(tmp_path / "folder.parquet"):
+            pass

@@ -1,6 +1,8 @@
 """`python -m engine convert INPUT... --out DIR --label NAME`: NanoAOD / Delphes / JSON -> Parquet.
 
-One output per input, `DIR/<input stem>.parquet`, with process = label = NAME (class_names [NAME]).
+One output per input, `DIR/<input stem>.parquet`, with process = label = NAME (class_names [NAME]),
+and `DIR/convert.json`, the record of the run (inputs converted, inputs failed and why), written
+last. A run that fails leaves DIR as it was.
 Exit codes: 0 when every input was converted, or with --skip-bad when at least one was;
 2 for bad input (one line `error: FILE: problem` per bad input; with --skip-bad, after the others).
 """
@@ -9,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from engine.data.convert import (DEFAULT_STEP_SIZE, FORMATS, ConvertResult, Failure, iter_convert,
+from engine.data.convert import (DEFAULT_STEP_SIZE, FORMATS, ConvertResult, Failure, convert_all,
                                  plan_jobs)
 from engine.data.selection import PRESETS, load_selection
 from engine.errors import EXIT_BAD_INPUT
@@ -34,17 +36,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     selection = load_selection(args.selection)
     jobs = plan_jobs(args.inputs, args.out, args.label, args.format, selection, args.step_size)
-    done: list[ConvertResult] = []
-    failures: list[Failure] = []
-    for outcome in iter_convert(jobs, workers=args.workers, skip_bad=args.skip_bad):
-        if isinstance(outcome, Failure):
-            failures.append(outcome)
-            continue
-        done.append(outcome)
-        print(f"{outcome.source} -> {outcome.out}: {outcome.fmt}, {outcome.events_read:,} events read, "
-              f"{outcome.events_accepted:,} accepted ({outcome.seconds:.1f} s)", flush=True)
+    done, failures = convert_all(jobs, args.out, workers=args.workers, skip_bad=args.skip_bad,
+                                 on_result=_print_result)
     _summary(done, failures)
     return 0 if done or not failures else EXIT_BAD_INPUT
+
+
+def _print_result(outcome: ConvertResult) -> None:
+    print(f"{outcome.source} -> {outcome.out}: {outcome.fmt}, {outcome.events_read:,} events read, "
+          f"{outcome.events_accepted:,} accepted ({outcome.seconds:.1f} s)", flush=True)
 
 
 def _summary(done: list[ConvertResult], failures: list[Failure]) -> None:

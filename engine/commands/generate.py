@@ -6,7 +6,8 @@ from pathlib import Path
 
 from engine.config import from_dict, load_yaml
 from engine.data.detector import DetectorConfig
-from engine.data.processes import PROCESSES, get_process
+from engine.data.parquet_io import writable_folder
+from engine.data.processes import PROCESSES, check_energy, get_process
 from engine.data.selection import load_selection
 from engine.errors import InputError
 
@@ -32,9 +33,7 @@ def run(args: argparse.Namespace) -> int:
     from engine.data.generate import format_summary, generate
 
     job = build_job(args)
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise InputError(out, "--out must be a folder")
+    out = writable_folder(Path(args.out))
     summary = generate(job, out, progress=False if args.no_progress else None)
     print("\n".join(format_summary(summary, job.process)))
     return 0
@@ -54,6 +53,7 @@ def build_job(args: argparse.Namespace):
     ecm = process.ecm_gev if args.ecm is None else args.ecm
     if not ecm > 0:
         raise InputError("--ecm", f"must be a positive energy in GeV, got {args.ecm}")
+    check_energy(process, ecm)
     detector = (DetectorConfig() if args.detector is None
                 else from_dict(DetectorConfig, load_yaml(args.detector), "detector"))
     return GenerateJob(process=process.name, events=args.events, ecm_gev=float(ecm), seed=args.seed,

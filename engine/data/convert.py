@@ -14,34 +14,48 @@ truncation), then converted, in `workers` processes. A bad input stops the run w
 InputError, unless `skip_bad`: then it is reported and the others are converted. Outputs are
 identical whatever `workers` and `step_size`.
 
+All or nothing: `convert_all` converts into a hidden staging folder inside the output folder
+(invisible to every reader) and moves the outputs into place only when the run succeeded, then
+writes `RECORD_NAME` last: which inputs were converted (output, events read and accepted) and
+which failed and why. A failed run leaves the output folder as it was; the staging folder of a
+killed run is removed by the next run into the same folder.
+
 Provenance in each file: converter, format, input name and size, tree, branches read, b-tag
 branch and working point, identification used, selection, `events_read` (events in the input).
 The number of accepted events is the file's row count.
 """
 from __future__ import annotations
 
+import json
 import multiprocessing
+import os
+import shutil
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import awkward as ak
 import numpy as np
 
 from engine.config import to_dict
-from engine.data.parquet_io import ParquetSink, check_finite
+from engine.data.parquet_io import (TMP_MARK, ParquetSink, atomic_path, check_finite, private_name,
+                                    remove_stale, writable_folder)
 from engine.data.readers_json import JsonReader
-from engine.data.readers_root import (DELPHES_TREE, NANOAOD_TREE, DelphesReader, NanoAODReader,
-                                      keep_objects, open_tree, record_parts, tree_names)
-from engine.data.schema import events_table
+from engine.data.jagged import keep_objects, record_parts
+from engine.data.readers_root import (DELPHES_TREE, NANOAOD_TREE, DelphesReader, NanoAODReader, open_tree,
+                                      tree_names)
+from engine.data.schema import ValueRangeError, events_table
 from engine.data.selection import PRESETS, SelectionConfig, event_mask
 from engine.errors import InputError
 
 FORMATS = ("auto", "nanoaod", "delphes", "json")
 READERS = {"nanoaod": NanoAODReader, "delphes": DelphesReader, "json": JsonReader}
 DEFAULT_STEP_SIZE = 100_000
+RECORD_NAME = "convert.json"
+STAGING_PREFIX = ".convert-"
 
 
 @dataclass(frozen=True)
@@ -137,7 +151,10 @@ def convert_file(job: ConvertJob) -> ConvertResult:
         with ParquetSink(job.out, "events", [job.label], _provenance(job, reader)) as sink:
             for events in reader.chunks():
                 read += len(events)
-                table = events_table(select(events, job.selection), job.label, [job.label])
+                try:
+                    table = events_table(select(events, job.selection), job.label, [job.label])
+                except ValueRangeError as exc:
+                    raise InputError(job.source, str(exc)) from None
                 check_finite(table, job.source)
                 if table.num_rows:
                     sink.write(table)
@@ -224,3 +241,62 @@ def _run(jobs: list[ConvertJob], workers: int) -> Iterator[ConvertResult | Failu
         finally:
             for future in futures:
                 future.cancel()
+
+
+def convert_all(jobs: list[ConvertJob], out_dir: str | Path, workers: int = 1, skip_bad: bool = False,
+                on_result: Callable[[ConvertResult], None] | None = None
+                ) -> tuple[list[ConvertResult], list[Failure]]:
+    """Convert `jobs` (from `plan_jobs(..., out_dir, ...)`) all or nothing; see the module docstring.
+
+    Returns the results (with their final paths) and the failures. Without `skip_bad` a bad input
+    raises InputError and leaves `out_dir` as it was; with it, nothing is written if nothing converted.
+    """
+    out_dir = Path(out_dir)
+    created = not out_dir.exists()
+    writable_folder(out_dir)
+    done: list[ConvertResult] = []
+    failures: list[Failure] = []
+    for job in jobs:  # temporaries a killed writer left beside the outputs
+        if job.out.is_dir():
+            raise InputError(job.out, "is a folder: cannot be replaced by the converted file")
+        remove_stale(out_dir, f".{job.out.name}{TMP_MARK}")
+    with _staging(out_dir, created) as staging:
+        staged = [replace(job, out=staging / job.out.name) for job in jobs]
+        for outcome in iter_convert(staged, workers=workers, skip_bad=skip_bad):
+            if isinstance(outcome, Failure):
+                failures.append(outcome)
+                continue
+            outcome = replace(outcome, out=out_dir / outcome.out.name)
+            done.append(outcome)
+            if on_result is not None:
+                on_result(outcome)
+        if done:
+            for result in done:
+                os.replace(staging / result.out.name, result.out)
+            _write_record(out_dir / RECORD_NAME, done, failures)
+    return done, failures
+
+
+@contextmanager
+def _staging(out_dir: Path, created: bool) -> Iterator[Path]:
+    """A hidden folder for this run's outputs, removed at the end whatever happens (and `out_dir`
+    too if this run `created` it and left nothing in it)."""
+    remove_stale(out_dir, STAGING_PREFIX)
+    folder = out_dir / private_name(STAGING_PREFIX)
+    folder.mkdir()
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+        if created and not any(out_dir.iterdir()):
+            out_dir.rmdir()
+
+
+def _write_record(path: Path, done: list[ConvertResult], failures: list[Failure]) -> None:
+    record = {
+        "converted": [{"input": str(r.source), "output": r.out.name, "format": r.fmt,
+                       "events_read": r.events_read, "events_accepted": r.events_accepted} for r in done],
+        "failed": [{"input": f.source, "problem": f.problem} for f in failures],
+    }
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(record, indent=2) + "\n")

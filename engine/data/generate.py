@@ -7,17 +7,14 @@ call (its awkward interface, about twice as fast as a list of PseudoJets per eve
 
 Parallelism: W worker processes, each with its own Pythia seeded from (seed, worker index), each
 producing a fixed share of the N accepted rows; shares are written to part files and joined in
-worker order, so the same seed and W give the same file.
+worker order, so the same seed and W give the same file. The part files live in a hidden folder
+(`.<process>-parts-<pid>-...`), which no reader lists; the next run removes one a killed run left.
 """
 from __future__ import annotations
 
 import math
-import multiprocessing as mp
-import queue as queue_mod
 import sys
-import tempfile
 import time
-import traceback
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
@@ -29,10 +26,12 @@ import pyarrow.parquet as pq
 
 from engine.config import to_dict
 from engine.data import detector as det
-from engine.data.parquet_io import ParquetSink
+from engine.data.parquet_io import ParquetSink, writable_folder
 from engine.data.processes import Process, get_process, make_pythia, stdout_silenced
 from engine.data.schema import events_table, fatjets_table
 from engine.data.selection import SelectionConfig, apply_selection, fatjet_mask
+from engine.data.worker_pool import parts_folder, run_workers
+from engine.errors import InputError
 
 MAX_BATCH_EVENTS = 200
 """Pythia events per nextBatch call (bounded so memory and progress stay smooth)."""
@@ -246,6 +245,10 @@ def run_worker(job: GenerateJob, worker: int, quota: int, part_path: Path,
         while accepted < quota:
             size = _batch_size(quota - accepted, generated, accepted)
             batch = pythia.nextBatch(size)
+            if len(batch) == 0:
+                raise InputError("--ecm", f"Pythia generated no event of process '{process.name}' at "
+                                          f"{job.ecm_gev:g} GeV in {size} tries "
+                                          f"(too close to its threshold?)")
             rows = _rows(batch, process, job, rng, charge_of, worker, generated, accepted)
             used = len(batch)
             if len(rows) > quota - accepted:  # events after the last row kept count for nothing
@@ -321,65 +324,25 @@ def generate(job: GenerateJob, out_dir: str | Path, progress: bool | None = None
     from tqdm import tqdm
 
     process = get_process(job.process)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = writable_folder(out_dir)
+    target = out_dir / f"{process.name}.parquet"
+    if target.is_dir():
+        raise InputError(target, "is a folder: cannot be replaced by the generated file")
     quotas = split_counts(job.events, job.workers)
     start = time.perf_counter()
-    with tempfile.TemporaryDirectory(dir=out_dir, prefix=f".{process.name}-parts-") as tmp:
-        parts = [Path(tmp) / f"part-{w}.parquet" for w in range(len(quotas))]
+    with parts_folder(out_dir, process.name) as tmp:
+        parts = [tmp / f"part-{w}.parquet" for w in range(len(quotas))]
         with tqdm(total=job.events, unit="ev", desc=process.name, file=sys.stderr,
                   disable=None if progress is None else not progress) as bar:
-            results = _run_workers(job, quotas, parts, lambda gen, acc: bar.update(acc))
+            results = run_workers(run_worker, job, quotas, parts, lambda gen, acc: bar.update(acc))
         seconds = time.perf_counter() - start
-        summary = _summary(results, seconds, out_dir / f"{process.name}.parquet")
+        summary = _summary(results, seconds, target)
         provenance = _provenance(job, process, summary, len(quotas))
         with ParquetSink(summary["path"], process.kind, [process.name], provenance) as sink:
             for part, quota in zip(parts, quotas):
                 if quota:
                     sink.write(pq.read_table(part))
     return summary
-
-
-def _run_workers(job: GenerateJob, quotas: list[int], parts: list[Path], report) -> list[dict]:
-    """One worker in this process, or one process per worker fed back through a queue."""
-    if len(quotas) == 1:
-        return [run_worker(job, 0, quotas[0], parts[0], report)]
-    ctx = mp.get_context("spawn")
-    messages = ctx.Queue()
-    procs = [ctx.Process(target=_worker_main, args=(job, w, q, parts[w], messages), daemon=True)
-             for w, q in enumerate(quotas) if q]
-    for proc in procs:
-        proc.start()
-    results: dict[int, dict] = {}
-    try:
-        while len(results) < len(procs):
-            try:
-                kind, worker, payload = messages.get(timeout=1.0)
-            except queue_mod.Empty:
-                if any(p.exitcode not in (None, 0) for p in procs):
-                    raise RuntimeError("a generator worker died without reporting") from None
-                continue
-            if kind == "progress":
-                report(*payload)
-            elif kind == "done":
-                results[worker] = payload
-            else:
-                raise RuntimeError(f"generator worker {worker} failed:\n{payload}")
-    finally:
-        for proc in procs:
-            if proc.is_alive():
-                proc.terminate()
-            proc.join()
-    return [results[w] for w in sorted(results)]
-
-
-def _worker_main(job: GenerateJob, worker: int, quota: int, part: Path, messages) -> None:
-    try:
-        result = run_worker(job, worker, quota, part,
-                            lambda gen, acc: messages.put(("progress", worker, (gen, acc))))
-        messages.put(("done", worker, result))
-    except BaseException:
-        messages.put(("error", worker, traceback.format_exc()))
 
 
 def _summary(results: list[dict], seconds: float, path: Path) -> dict:

@@ -1,12 +1,23 @@
 """Writing and reading canonical Parquet files.
 
 Writers never leave a half-written file: `ParquetSink` writes to a hidden temporary name in the
-target folder and renames it into place only when closed without error. Readers read only the
-columns they are asked for, row group by row group.
+target folder and renames it into place only when closed without error; a temporary left by a
+killed writer is removed by the next writer of the same target. Readers never see hidden files
+or anything inside hidden folders (writers stage their work there).
+
+Every page carries a CRC-32 (Parquet page checksums) and the `engine` metadata document its own
+CRC-32 with the row counts, so a flipped byte in a page, in the metadata document or in the row
+counts is an InputError naming the file, never a wrong number. Files written before checksums
+existed still read (their pages are then not verified).
 """
 from __future__ import annotations
 
+import json
 import os
+import secrets
+import shutil
+import socket
+import zlib
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -19,19 +30,87 @@ import pyarrow.parquet as pq
 from engine.data import schema as sch
 from engine.errors import InputError
 
+CHECK_KEY = b"engine_check"
+"""File metadata key: JSON {"engine_crc32": CRC-32 of the `engine` document, "row_groups": [rows...]}."""
+TMP_MARK = ".tmp-"
+READ_ERRORS = (OSError, pa.ArrowException, ValueError, EOFError)
+
 
 @contextmanager
 def atomic_path(final: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside `final`; rename it to `final` on success, delete it on error."""
+    """Yield a temporary path beside `final`; rename it to `final` on success, delete it on error.
+
+    The temporary name is hidden and unique to this call (`private_name`), so temporaries of
+    `final` whose writer is gone (a killed run) are recognised and removed here first.
+    """
     final = Path(final)
+    if final.is_dir():
+        raise InputError(final, "is a folder: cannot be replaced by the file to write there")
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    remove_stale(final.parent, f".{final.name}{TMP_MARK}")
+    tmp = final.with_name(private_name(f".{final.name}{TMP_MARK}"))
     try:
         yield tmp
         os.replace(tmp, final)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def private_name(prefix: str) -> str:
+    """`prefix<pid>-<host>-<random>`: a name no other writer uses, telling who made it."""
+    return f"{prefix}{os.getpid()}-{_host()}-{secrets.token_hex(4)}"
+
+
+def remove_stale(folder: Path, prefix: str) -> None:
+    """Delete the entries of `folder` that `private_name(prefix)` made for a process of this host
+    that no longer runs (a killed writer). Another host's entries are left alone."""
+    for entry in folder.glob(f"{_glob_escape(prefix)}*"):
+        pid, _, rest = entry.name[len(prefix):].partition("-")
+        host = rest.rpartition("-")[0] if rest.count("-") else ""
+        if pid.isdigit() and host in ("", _host()) and not _process_alive(int(pid)):
+            _remove(entry)
+
+
+def _host() -> str:
+    return "".join(c if c.isalnum() else "_" for c in socket.gethostname()) or "host"
+
+
+def _glob_escape(text: str) -> str:
+    return "".join(f"[{c}]" if c in "*?[" else c for c in text)
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        pass
+    return True
+
+
+def _remove(entry: Path) -> None:
+    if entry.is_dir() and not entry.is_symlink():
+        shutil.rmtree(entry, ignore_errors=True)
+    else:
+        entry.unlink(missing_ok=True)
+
+
+def writable_folder(path: str | Path, option: str = "--out") -> Path:
+    """Create folder `path` if needed; InputError naming it if it cannot be created or written."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise InputError(path, f"{option} exists and is not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(path, f"cannot create the {option} folder ({exc.strerror or exc})") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise InputError(path, f"cannot write into the {option} folder (permission denied)")
+    return path
 
 
 class ParquetSink:
@@ -44,24 +123,41 @@ class ParquetSink:
         self.path = Path(path)
         self.schema = sch.schema_for(kind).with_metadata(sch.make_metadata(kind, class_names, provenance))
         self.rows = 0
+        self._row_groups: list[int] = []
         self._ctx = atomic_path(self.path)
         self._writer: pq.ParquetWriter | None = None
 
     def __enter__(self) -> "ParquetSink":
         tmp = self._ctx.__enter__()
-        # Dictionary encoding only pays for the repeated process name; on the float columns it
-        # doubles the write time and grows the file.
-        self._writer = pq.ParquetWriter(tmp, self.schema, compression="zstd", use_dictionary=["process"])
+        try:
+            # Dictionary encoding only pays for the repeated process name; on the float columns it
+            # doubles the write time and grows the file.
+            self._writer = pq.ParquetWriter(tmp, self.schema, compression="zstd", use_dictionary=["process"],
+                                            write_page_checksum=True)
+        except BaseException as exc:
+            self._ctx.__exit__(type(exc), exc, exc.__traceback__)
+            raise
         return self
 
     def write(self, table: pa.Table) -> None:
         self._writer.write_table(table.replace_schema_metadata(self.schema.metadata),
                                  row_group_size=sch.ROW_GROUP_ROWS)
+        full, rest = divmod(table.num_rows, sch.ROW_GROUP_ROWS)
+        self._row_groups += [sch.ROW_GROUP_ROWS] * full + ([rest] if rest else [])
         self.rows += table.num_rows
 
     def __exit__(self, exc_type, exc, tb) -> bool:
-        self._writer.close()
+        try:
+            if exc_type is None:
+                self._writer.add_key_value_metadata({CHECK_KEY: _check_document(
+                    self.schema.metadata[sch.METADATA_KEY], self._row_groups)})
+        finally:
+            self._writer.close()
         return self._ctx.__exit__(exc_type, exc, tb)
+
+
+def _check_document(engine_doc: bytes, row_groups: list[int]) -> bytes:
+    return json.dumps({"engine_crc32": zlib.crc32(engine_doc), "row_groups": row_groups}).encode()
 
 
 def write_table(path: str | Path, table: pa.Table, kind: str, class_names: list[str],
@@ -72,31 +168,109 @@ def write_table(path: str | Path, table: pa.Table, kind: str, class_names: list[
 
 
 def list_parquet(path: str | Path) -> list[Path]:
-    """The Parquet files at `path`: the file itself, or the *.parquet files under a folder, sorted."""
+    """The Parquet files at `path`: the file itself, or the *.parquet files under a folder, sorted.
+
+    Hidden files and everything inside hidden folders (temporaries, a writer's staging) are skipped.
+    """
     path = Path(path)
     if path.is_file():
         return [path]
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*.parquet") if not p.name.startswith("."))
+        files = sorted(p for p in path.rglob("*.parquet")
+                       if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts))
         if files:
             return files
         raise InputError(path, "folder holds no .parquet files")
     raise InputError(path, "no such file or folder")
 
 
-def open_parquet(path: str | Path) -> tuple[pq.ParquetFile, dict]:
-    """Open a canonical Parquet file; returns the file and its `engine` metadata document."""
+class CheckedParquetFile(pq.ParquetFile):
+    """A ParquetFile that verifies page checksums and reports any read failure as an InputError."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        with _read_errors(self.path, "not a readable Parquet file"):
+            super().__init__(self.path, page_checksum_verification=True)
+
+    def read(self, *args, **kwargs) -> pa.Table:
+        with _read_errors(self.path):
+            return super().read(*args, **kwargs)
+
+    def read_row_group(self, *args, **kwargs) -> pa.Table:
+        with _read_errors(self.path):
+            return super().read_row_group(*args, **kwargs)
+
+    def read_row_groups(self, *args, **kwargs) -> pa.Table:
+        with _read_errors(self.path):
+            return super().read_row_groups(*args, **kwargs)
+
+    def iter_batches(self, *args, **kwargs) -> Iterator[pa.RecordBatch]:
+        with _read_errors(self.path):
+            yield from super().iter_batches(*args, **kwargs)
+
+
+@contextmanager
+def _read_errors(path: Path, what: str = "corrupt Parquet data") -> Iterator[None]:
     try:
-        pf = pq.ParquetFile(path)
-    except (OSError, pa.ArrowException) as exc:
-        raise InputError(path, f"not a readable Parquet file ({exc.__class__.__name__})") from None
-    meta = sch.parse_metadata(pf.schema_arrow.metadata)
+        yield
+    except READ_ERRORS as exc:
+        raise InputError(path, f"{what} ({_first_line(exc)})") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0][:200]}" if lines else type(exc).__name__
+
+
+def open_parquet(path: str | Path) -> tuple[CheckedParquetFile, dict]:
+    """Open a canonical Parquet file; returns the file and its `engine` metadata document.
+
+    Checks the metadata document (and, in files that have it, its CRC-32 and the row counts of
+    every row group) and that the columns have the canonical types of the file's kind.
+    """
+    pf = CheckedParquetFile(path)
+    raw = pf.schema_arrow.metadata or {}
+    try:
+        meta = sch.parse_metadata(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise InputError(path, "corrupt engine metadata (not valid JSON)") from None
     if meta is None:
         raise InputError(path, "Parquet file has no engine metadata (not written by this engine)")
-    if meta.get("schema_version") != sch.SCHEMA_VERSION:
-        raise InputError(path, f"schema version {meta.get('schema_version')} "
-                               f"(this engine reads version {sch.SCHEMA_VERSION})")
+    if not isinstance(meta, dict) or meta.get("schema_version") != sch.SCHEMA_VERSION:
+        version = meta.get("schema_version") if isinstance(meta, dict) else None
+        raise InputError(path, f"schema version {version} (this engine reads version {sch.SCHEMA_VERSION})")
+    footer = pf.metadata.metadata or {}
+    if CHECK_KEY in footer:
+        _verify_check(pf, footer[CHECK_KEY], [raw[sch.METADATA_KEY], footer.get(sch.METADATA_KEY)], path)
+    _verify_schema(pf, meta, path)
     return pf, meta
+
+
+def _verify_check(pf: pq.ParquetFile, check_doc: bytes, engine_docs: list[bytes | None],
+                  path: str | Path) -> None:
+    """Both copies of the `engine` document (Parquet's and Arrow's) and the row counts match."""
+    try:
+        check = json.loads(check_doc)
+        crc, row_groups = int(check["engine_crc32"]), [int(n) for n in check["row_groups"]]
+    except (ValueError, TypeError, KeyError):
+        raise InputError(path, "corrupt engine metadata check") from None
+    if any(doc is None or zlib.crc32(doc) != crc for doc in engine_docs):
+        raise InputError(path, "corrupt engine metadata (CRC-32 mismatch)")
+    found = [pf.metadata.row_group(i).num_rows for i in range(pf.metadata.num_row_groups)]
+    if found != row_groups or pf.metadata.num_rows != sum(row_groups):
+        raise InputError(path, f"corrupt Parquet footer: row groups hold {found} rows, "
+                               f"{sum(row_groups)} written")
+
+
+def _verify_schema(pf: pq.ParquetFile, meta: dict, path: str | Path) -> None:
+    kind = meta.get("kind")
+    if kind not in sch.KINDS:
+        raise InputError(path, f"unknown kind {kind!r} in the engine metadata")
+    if not isinstance(meta.get("class_names"), list):
+        raise InputError(path, "engine metadata has no list of class names")
+    if not pf.schema_arrow.remove_metadata().equals(sch.schema_for(kind)):
+        raise InputError(path, f"columns do not have the canonical types of '{kind}' files "
+                               f"(corrupt footer or foreign file)")
 
 
 def iter_batches(path: str | Path, columns: list[str] | None = None,
@@ -104,6 +278,12 @@ def iter_batches(path: str | Path, columns: list[str] | None = None,
     """Stream record batches of only `columns` from one canonical file."""
     pf, _ = open_parquet(path)
     yield from pf.iter_batches(batch_size=batch_rows, columns=columns)
+
+
+def read(path: str | Path, columns: list[str] | None = None) -> pa.Table:
+    """The whole of one canonical file (or only `columns`), pages verified."""
+    pf, _ = open_parquet(path)
+    return pf.read(columns=columns)
 
 
 def check_finite(table: pa.Table, source: str | Path) -> None:

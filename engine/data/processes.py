@@ -39,8 +39,13 @@ class Process:
     settings: tuple[str, ...]
     """Pythia `readString` lines (beams and energy are added by the generator)."""
     description: str
+    threshold_gev: float
+    """Lowest centre-of-mass energy that makes the final state on shell (masses, or 2 x pT-hat min);
+    below it Pythia would only sample far off-shell tails, if anything."""
 
 
+TOP_MASS_GEV = 172.5
+W_MASS_GEV = 80.4
 _LEPTONIC_W = ("24:onMode = off", "24:onIfAny = 11 13")
 _LEPTONIC_Z = ("23:onMode = off", "23:onIfAny = 11 13")
 _H_TO_BB = ("25:m0 = 125.0", "25:onMode = off", "25:onIfAny = 5")
@@ -48,26 +53,28 @@ _H_TO_BB = ("25:m0 = 125.0", "25:onMode = off", "25:onIfAny = 5")
 PROCESSES: dict[str, Process] = {p.name: p for p in (
     Process("ttbar", "events", 7000.0,
             ("Top:gg2ttbar = on", "Top:qqbar2ttbar = on"),
-            "top-quark pairs, all decays (as the inclusive TTJets sample)"),
+            "top-quark pairs, all decays (as the inclusive TTJets sample)", 2 * TOP_MASS_GEV),
     Process("wjets", "events", 7000.0,
             ("WeakSingleBoson:ffbar2W = on",) + _LEPTONIC_W,
-            "inclusive W -> e nu / mu nu; jets from the parton shower"),
+            "inclusive W -> e nu / mu nu; jets from the parton shower", W_MASS_GEV),
     Process("dy", "events", 7000.0,
             ("WeakSingleBoson:ffbar2gmZ = on", "PhaseSpace:mHatMin = 50.0") + _LEPTONIC_Z,
-            "Drell-Yan Z/gamma* -> ee / mumu with m(ll) > 50 GeV"),
+            "Drell-Yan Z/gamma* -> ee / mumu with m(ll) > 50 GeV", 50.0),
     Process("single_top", "events", 7000.0,
             ("Top:qq2tq(t:W) = on", "Top:ffbar2tqbar(s:W) = on"),
-            "single top, t- and s-channel, all decays"),
+            "single top, t- and s-channel, all decays", TOP_MASS_GEV),
     Process("ttH", "events", 7000.0,
             ("HiggsSM:gg2Httbar = on", "HiggsSM:qqbar2Httbar = on", "25:m0 = 125.0"),
-            "top-quark pairs with a 125 GeV Higgs boson, all decays"),
+            "top-quark pairs with a 125 GeV Higgs boson, all decays", 2 * TOP_MASS_GEV + 125.0),
     Process("hbb", "fatjets", 13000.0,
             ("HiggsSM:gg2Hg(l:t) = on", "HiggsSM:qg2Hq(l:t) = on", "HiggsSM:qqbar2Hg(l:t) = on",
              "PhaseSpace:pTHatMin = 250.0") + _H_TO_BB,
-            "boosted H -> bb recoiling against a jet (pT-hat > 250 GeV); jets matched to H and both b"),
+            "boosted H -> bb recoiling against a jet (pT-hat > 250 GeV); jets matched to H and both b",
+            2 * 250.0),
     Process("qcd", "fatjets", 13000.0,
             ("HardQCD:all = on", "PhaseSpace:pTHatMin = 250.0"),
-            "QCD 2 -> 2 with pT-hat > 250 GeV; every large-radius jet that passes the selection"),
+            "QCD 2 -> 2 with pT-hat > 250 GeV; every large-radius jet that passes the selection",
+            2 * 250.0),
 )}
 
 
@@ -77,6 +84,13 @@ def get_process(name: str) -> Process:
         return PROCESSES[name]
     except KeyError:
         raise InputError(name, f"unknown process (known: {', '.join(PROCESSES)})") from None
+
+
+def check_energy(process: Process, ecm_gev: float) -> None:
+    """InputError naming --ecm unless `ecm_gev` is above the process's threshold."""
+    if not ecm_gev > process.threshold_gev:
+        raise InputError("--ecm", f"{ecm_gev:g} GeV is not above the threshold of process "
+                                  f"'{process.name}' ({process.threshold_gev:g} GeV)")
 
 
 def pythia_settings(process: Process, ecm_gev: float, seed: int) -> list[str]:
@@ -105,13 +119,19 @@ def stdout_silenced():
 
 
 def make_pythia(process: Process, ecm_gev: float, seed: int):
-    """An initialised Pythia for `process` that prints nothing."""
+    """An initialised Pythia for `process` that prints nothing.
+
+    A setting Pythia rejects can only be the energy (the process settings are fixed and the seed
+    checked), so that is an InputError naming --ecm.
+    """
     import pythia8mc
 
+    check_energy(process, ecm_gev)
     with stdout_silenced():
         pythia = pythia8mc.Pythia("", False)
         ok = all(pythia.readString(line) for line in pythia_settings(process, ecm_gev, seed))
         ok = ok and pythia.init()
     if not ok:
-        raise RuntimeError(f"Pythia rejected the settings of process '{process.name}'")
+        raise InputError("--ecm", f"Pythia cannot initialise process '{process.name}' "
+                                  f"at {ecm_gev:g} GeV")
     return pythia

@@ -79,6 +79,8 @@ def _load(path: Path) -> dict:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         where = f" (line {exc.lineno}, column {exc.colno})" if isinstance(exc, json.JSONDecodeError) else ""
         raise InputError(path, f"not valid JSON{where}") from None
+    except RecursionError:
+        raise InputError(path, "JSON nested too deeply to be events") from None
     if not isinstance(data, dict):
         raise InputError(path, "expected a JSON object keyed by event number")
     return data
@@ -88,18 +90,22 @@ def _to_events(path: Path, data: dict) -> ak.Array:
     """Event records (see engine.data.readers_root) from the parsed JSON object."""
     try:
         numbers = np.array(list(data.keys()), dtype=np.int64)
-    except ValueError:
+    except (ValueError, OverflowError):
         raise InputError(path, "event keys must be event numbers") from None
     if not data:
         raw = ak.Array([{k: 0.0 for k in EVENT_REQUIRED}])[:0]
     else:
-        raw = ak.from_iter(list(data.values()))
+        try:
+            raw = ak.from_iter(list(data.values()))
+        except (RuntimeError, OverflowError, ValueError, TypeError):
+            raise InputError(path, "events hold values that are not 64-bit numbers, lists or objects "
+                                   "(an integer beyond 64 bits?)") from None
     if raw.fields == []:
         raise InputError(path, "events must be JSON objects")
     header = {k: _column(path, raw, k, "event") for k in EVENT_REQUIRED}
     return ak.zip({
         "weight": np.ones(len(raw), np.float32),
-        "run": header["run"].astype(np.int64), "lumi": header["lumi"].astype(np.int64), "event": numbers,
+        "run": header["run"], "lumi": header["lumi"], "event": numbers,
         "met_pt": header["met"], "met_phi": header["met_phi"],
         "electrons": _leptons(path, raw, "electron", ELECTRON_MASS_GEV),
         "muons": _leptons(path, raw, "muon", MUON_MASS_GEV),
@@ -138,10 +144,9 @@ def _collection(path: Path, raw: ak.Array, key: str) -> tuple[np.ndarray, ak.Arr
     if isinstance(lists.type.content, ak.types.OptionType):
         lists = ak.fill_none(lists, [], axis=0)
     try:
-        counts = ak.to_numpy(ak.num(lists, axis=1))
+        return ak.to_numpy(ak.num(lists, axis=1)), ak.flatten(lists, axis=1)
     except (ValueError, TypeError, np.exceptions.AxisError):
         raise InputError(path, f"event field '{key}' must be a list of objects") from None
-    return counts, ak.flatten(lists, axis=1)
 
 
 def _flag(path: Path, objs: ak.Array, key: str, what: str) -> np.ndarray:

@@ -26,7 +26,11 @@ Delphes (tree `Delphes`; leaves `Electron.PT` as Delphes writes them, or `Electr
 """
 from __future__ import annotations
 
+import importlib
 import importlib.util
+import lzma
+import struct
+import zlib
 from pathlib import Path
 from typing import Iterator
 
@@ -34,6 +38,7 @@ import awkward as ak
 import numpy as np
 import uproot
 
+from engine.data.jagged import first_per_event, jagged_record, list_parts
 from engine.errors import InputError
 
 NANOAOD_TREE = "Events"
@@ -57,7 +62,25 @@ NANOAOD_REQUIRED = ("run", "luminosityBlock", "event", "MET_pt", "MET_phi",
 DELPHES_REQUIRED = {"Electron": ("PT", "Eta", "Phi", "Charge"), "Muon": ("PT", "Eta", "Phi", "Charge"),
                     "Jet": ("PT", "Eta", "Phi", "Mass", "BTag"), "MissingET": ("MET", "Phi")}
 DELPHES_OPTIONAL = {"Event": ("Number", "Weight")}
-READ_ERRORS = (OSError, ValueError, EOFError, KeyError, uproot.deserialization.DeserializationError)
+BITMASK_BRANCHES = ("Jet_jetId", "Jet.BTag", "Jet_BTag")
+"""Branches read bit by bit: they must hold integers."""
+
+
+def _decompression_errors() -> tuple[type[BaseException], ...]:
+    """The errors the installed decompressors raise on corrupt baskets."""
+    errors: list[type[BaseException]] = [zlib.error, lzma.LZMAError]
+    for module, name in (("isal.isal_zlib", "error"), ("lz4.block", "LZ4BlockError"),
+                         ("zstandard", "ZstdError")):
+        if importlib.util.find_spec(module.split(".")[0]) is not None:
+            errors.append(getattr(importlib.import_module(module), name))
+    return tuple(errors)
+
+
+READ_ERRORS = (OSError, ValueError, EOFError, KeyError, IndexError, struct.error, AssertionError,
+               AttributeError, TypeError, NotImplementedError, uproot.deserialization.DeserializationError,
+               *_decompression_errors())
+"""What uproot raises on truncated or corrupt bytes: its parsers of headers, streamers and baskets
+assert, index and decompress untrusted data, so each of these means a corrupt file."""
 
 
 def use_fast_zlib() -> str:
@@ -98,13 +121,32 @@ def open_tree(path: str | Path, tree_name: str | None = None):
         raise InputError(path, f"unreadable ROOT file ({_first_line(exc)})") from None
     except READ_ERRORS as exc:
         raise InputError(path, f"unreadable ROOT file, truncated? ({_first_line(exc)})") from None
-    if tree_name is None:
-        return root, None
-    trees = tree_names(root, path)
-    if tree_name not in trees:
-        found = ", ".join(trees) or "none"
-        raise InputError(path, f"no tree '{tree_name}' (trees in the file: {found})")
-    return root, root[tree_name]
+    try:
+        _check_length(root, path)
+        if tree_name is None:
+            return root, None
+        trees = tree_names(root, path)
+        if tree_name not in trees:
+            found = ", ".join(trees) or "none"
+            raise InputError(path, f"no tree '{tree_name}' (trees in the file: {found})")
+        return root, _read_tree(root, tree_name, path)
+    except InputError:
+        root.file.close()
+        raise
+
+
+def _check_length(root, path: Path) -> None:
+    """InputError if the file is shorter than the end its ROOT header records (fEND)."""
+    end, size = int(root.file.fEND), path.stat().st_size
+    if size < end:
+        raise InputError(path, f"truncated file: the ROOT header says {end:,} bytes, the file has {size:,}")
+
+
+def _read_tree(root, tree_name: str, path: Path):
+    try:
+        return root[tree_name]
+    except READ_ERRORS as exc:
+        raise InputError(path, f"unreadable tree '{tree_name}', truncated? ({_first_line(exc)})") from None
 
 
 def tree_names(root, path: str | Path) -> list[str]:
@@ -142,60 +184,41 @@ def require_finite(path: Path, flat: dict[str, np.ndarray]) -> None:
             raise InputError(path, f"{bad} NaN or infinite value(s) in branch '{name}'")
 
 
-def list_parts(array: ak.Array) -> tuple[np.ndarray, ak.contents.Content]:
-    """(offsets starting at 0, content) of a jagged array, without copying when possible."""
-    layout = ak.to_layout(array)
-    if not isinstance(layout, ak.contents.ListOffsetArray):
-        layout = layout.to_ListOffsetArray64(True)
-    offsets = np.asarray(layout.offsets.data, dtype=np.int64)
-    return offsets - offsets[0], layout.content[offsets[0]:offsets[-1]]
-
-
-def record_parts(objs: ak.Array) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """(offsets, {field: flat numpy array}) of a jagged record array such as `events.jets`."""
-    offsets, content = list_parts(objs)
-    return offsets, {name: ak.to_numpy(content[name]) for name in content.fields}
-
-
-def jagged_record(offsets: np.ndarray, fields: dict[str, np.ndarray]) -> ak.Array:
-    """A jagged record array from event offsets (n + 1,) and flat per-object arrays (offsets[-1],)."""
-    contents = [ak.contents.NumpyArray(np.ascontiguousarray(v)) for v in fields.values()]
-    record = ak.contents.RecordArray(contents, list(fields), length=int(offsets[-1]))
-    return ak.Array(ak.contents.ListOffsetArray(ak.index.Index64(offsets), record))
-
-
-def keep_objects(offsets: np.ndarray, fields: dict[str, np.ndarray], keep: np.ndarray) -> ak.Array:
-    """`jagged_record` of only the objects where the flat boolean `keep` is True."""
-    kept = np.zeros(len(keep) + 1, dtype=np.int64)
-    np.cumsum(keep, out=kept[1:])
-    index = np.flatnonzero(keep)  # one integer index, reused by every field
-    return jagged_record(kept[offsets], {name: v.take(index) for name, v in fields.items()})
-
-
-def first_per_event(offsets: np.ndarray, flat: np.ndarray, default: float = 0.0) -> np.ndarray:
-    """The first entry of each event's list (Delphes MissingET, Event), `default` where empty."""
-    counts = np.diff(offsets)
-    if (counts == 1).all():
-        return flat
-    out = np.full(len(counts), default, dtype=flat.dtype)
-    out[counts > 0] = flat[offsets[:-1][counts > 0]]
-    return out
-
-
 class Chunk:
     """One chunk of branches as flat numpy arrays, with the offsets of the jagged ones."""
 
-    def __init__(self, path: Path, arrays: dict[str, ak.Array]):
+    def __init__(self, path: Path, arrays: dict[str, ak.Array], per_event: set[str]):
+        """`per_event`: the branches that must hold one number per event; the others a list."""
         self.path = path
         self.flat: dict[str, np.ndarray] = {}
         self.offsets: dict[str, np.ndarray] = {}
         for name, array in arrays.items():
+            self._check_layout(name, array, name in per_event)
             if array.ndim == 1:
                 self.flat[name] = ak.to_numpy(array)
             else:
                 self.offsets[name], content = list_parts(array)
                 self.flat[name] = ak.to_numpy(content)
+            self._check_dtype(name, self.flat[name].dtype)
         self.n = len(next(iter(arrays.values())))
+
+    def _check_layout(self, name: str, array: ak.Array, per_event: bool) -> None:
+        if per_event and array.ndim != 1:
+            raise InputError(self.path, f"branch '{name}' must hold one number per event, "
+                                        f"found a list per event")
+        if not per_event and array.ndim == 1:
+            raise InputError(self.path, f"branch '{name}' must hold a list per event (one entry per "
+                                        f"object), found one number per event")
+        if array.ndim > 2:
+            raise InputError(self.path, f"branch '{name}' holds nested lists, expected "
+                                        f"{'numbers' if per_event else 'a list of numbers'} per event")
+
+    def _check_dtype(self, name: str, dtype: np.dtype) -> None:
+        if dtype.kind not in "biuf":
+            raise InputError(self.path, f"branch '{name}' holds {dtype} values, expected numbers")
+        if name in BITMASK_BRANCHES and dtype.kind not in "biu":
+            raise InputError(self.path, f"branch '{name}' holds {dtype} values, "
+                                        f"expected integers (a bit mask)")
 
     def __contains__(self, name: str) -> bool:
         return name in self.flat
@@ -225,12 +248,24 @@ class RootReader:
         self.step_size = step_size
         use_fast_zlib()
         self._root, self.tree = open_tree(self.path, self.tree_name)
-        self.keys = set(self.tree.keys(recursive=True, full_paths=False))
-        self.branches = self._resolve()
-        check_not_truncated(self.tree, self.branches, self.path)
-        self.num_events = int(self.tree.num_entries)
+        try:
+            self.keys = set(self.tree.keys(recursive=True, full_paths=False))
+            self.branches = self._resolve()
+            check_not_truncated(self.tree, self.branches, self.path)
+            self.num_events = int(self.tree.num_entries)
+        except READ_ERRORS as exc:
+            self.close()
+            raise InputError(self.path, f"unreadable tree '{self.tree_name}', truncated or corrupt? "
+                                        f"({_first_line(exc)})") from None
+        except InputError:
+            self.close()
+            raise
 
     def _resolve(self) -> list[str]:
+        raise NotImplementedError
+
+    def _per_event(self) -> set[str]:
+        """The branches that hold one number per event (the others hold one list per event)."""
         raise NotImplementedError
 
     def _missing(self, wanted: list[str]) -> None:
@@ -251,7 +286,7 @@ class RootReader:
             except READ_ERRORS as exc:
                 raise InputError(self.path, f"cannot read the data, truncated or corrupt? "
                                             f"({_first_line(exc)})") from None
-            chunk = Chunk(self.path, chunk)
+            chunk = Chunk(self.path, chunk, self._per_event())
             require_finite(self.path, chunk.flat)
             yield self._events(chunk, report.tree_entry_start)
 
@@ -284,6 +319,9 @@ class NanoAODReader(RootReader):
         self.btag_branch, self.btag_wp = found[0], BTAG_MEDIUM_WP[found[0]]
         self.optional = [b for b in NANOAOD_OPTIONAL if b in self.keys]
         return [*NANOAOD_REQUIRED, self.btag_branch, *self.optional]
+
+    def _per_event(self) -> set[str]:
+        return {b for b in self.branches if not b.startswith(("Muon_", "Electron_", "Jet_"))}
 
     def _events(self, c: Chunk, entry_start: int) -> ak.Array:
         return _event_record(
@@ -338,6 +376,9 @@ class DelphesReader(RootReader):
                 if self._leaf(collection, field):
                     self.names[collection, field] = self._leaf(collection, field)
         return list(self.names.values())
+
+    def _per_event(self) -> set[str]:
+        return set()
 
     def _collection(self, c: Chunk, collection: str, fields: tuple[str, ...]):
         return c.collection({f: self.names[collection, f] for f in fields})

@@ -2,7 +2,9 @@
 
 Everything that writes Parquet goes through `events_table` / `fatjets_table`, so every file has
 exactly these Arrow types, collections sorted by pt descending, finite values, and file metadata
-under the key `engine` (JSON: schema version, kind, class names, provenance).
+under the key `engine` (JSON: schema version, kind, class names, provenance). A value that does
+not fit its column's type (a charge of 1000 in int8, a fractional pid, 1e39 in float32) is a
+`ValueRangeError`, never wrapped or rounded.
 
 Units: GeV for momenta and masses, radians for angles.
 `label` is the index of `process` in the file's `class_names`.
@@ -29,6 +31,10 @@ CONSTITUENT_FIELDS = {"pt": pa.float32(), "eta": pa.float32(), "phi": pa.float32
                       "charge": pa.int8(), "pid": pa.int32()}
 
 COLLECTIONS = {"electrons": LEPTON_FIELDS, "muons": LEPTON_FIELDS, "jets": JET_FIELDS}
+
+
+class ValueRangeError(ValueError):
+    """Values that do not fit the type of their column; the message names the column."""
 
 
 def _struct(fields: dict[str, pa.DataType]) -> pa.StructType:
@@ -94,10 +100,10 @@ def events_table(events: ak.Array, process: str, class_names: list[str]) -> pa.T
     """
     n = len(events)
     columns = _header_columns(events, process, class_names, n)
-    columns["met_pt"] = _flat(events.met_pt, pa.float32())
-    columns["met_phi"] = _flat(events.met_phi, pa.float32())
+    columns["met_pt"] = _flat(events.met_pt, pa.float32(), "met_pt")
+    columns["met_phi"] = _flat(events.met_phi, pa.float32(), "met_phi")
     for name, fields in COLLECTIONS.items():
-        columns[name] = _list_column(sort_by_pt(events[name]), fields)
+        columns[name] = _list_column(sort_by_pt(events[name]), fields, name)
     return pa.Table.from_pydict(columns, schema=EVENT_SCHEMA)
 
 
@@ -107,9 +113,9 @@ def fatjets_table(jets: ak.Array, process: str, class_names: list[str]) -> pa.Ta
     columns = _header_columns(jets, process, class_names, n)
     fat = jets.fatjet
     columns["fatjet"] = pa.StructArray.from_arrays(
-        [_flat(fat[name], typ) for name, typ in FATJET_FIELDS.items()],
+        [_flat(fat[name], typ, f"fatjet.{name}") for name, typ in FATJET_FIELDS.items()],
         fields=list(_struct(FATJET_FIELDS)))
-    columns["constituents"] = _list_column(sort_by_pt(jets.constituents), CONSTITUENT_FIELDS)
+    columns["constituents"] = _list_column(sort_by_pt(jets.constituents), CONSTITUENT_FIELDS, "constituents")
     return pa.Table.from_pydict(columns, schema=FATJET_SCHEMA)
 
 
@@ -118,25 +124,50 @@ def _header_columns(events: ak.Array, process: str, class_names: list[str], n: i
     return {
         "label": pa.array(np.full(n, label, dtype=np.int32)),
         "process": pa.DictionaryArray.from_arrays(np.zeros(n, np.int32), [process]).cast(pa.string()),
-        "weight": _flat(events.weight, pa.float32()),
-        "run": _flat(events.run, pa.int64()),
-        "lumi": _flat(events.lumi, pa.int64()),
-        "event": _flat(events.event, pa.int64()),
+        **{name: _flat(events[name], typ, name) for name, typ in
+           (("weight", pa.float32()), ("run", pa.int64()), ("lumi", pa.int64()), ("event", pa.int64()))},
     }
 
 
-def _flat(values: Any, typ: pa.DataType) -> pa.Array:
-    return pa.array(np.asarray(ak.to_numpy(values) if isinstance(values, ak.Array) else values)
-                    .astype(typ.to_pandas_dtype(), copy=False), type=typ)
+def _flat(values: Any, typ: pa.DataType, name: str) -> pa.Array:
+    array = np.asarray(ak.to_numpy(values) if isinstance(values, ak.Array) else values)
+    target = np.dtype(typ.to_pandas_dtype())
+    check_fits(array, target, name)
+    return pa.array(array.astype(target, copy=False), type=typ)
 
 
-def _list_column(collection: ak.Array, fields: dict[str, pa.DataType]) -> pa.ListArray:
+def check_fits(values: np.ndarray, target: np.dtype, name: str) -> None:
+    """ValueRangeError unless `values` fit `target`: integers integral and within its range,
+    finite floats within its range (rounding to float32 is expected; overflow to inf is not)."""
+    if values.dtype == target or values.size == 0 or target.kind == "b":
+        return
+    if values.dtype.kind not in "biuf":
+        raise ValueRangeError(f"column '{name}' holds {values.dtype} values, expected numbers")
+    if target.kind in "iu":
+        if values.dtype.kind == "f" and not np.array_equal(values, np.trunc(values)):
+            bad = values[values != np.trunc(values)][0]
+            raise ValueRangeError(f"column '{name}' holds the non-integer value {bad} ({target} expected)")
+        info = np.iinfo(target)
+        low, high = values.min(), values.max()
+        if (low < 0 and low < info.min) or (high > 0 and high > info.max):
+            bad = low if low < 0 and low < info.min else high
+            raise ValueRangeError(f"column '{name}' holds the value {bad}, outside {target} "
+                                  f"({info.min}..{info.max})")
+    elif target.kind == "f" and values.dtype.kind == "f" and values.dtype.itemsize > target.itemsize:
+        limit = np.finfo(target).max
+        too_big = np.isfinite(values) & (np.abs(values) > limit)
+        if too_big.any():
+            raise ValueRangeError(f"column '{name}' holds the value {values[too_big][0]}, "
+                                  f"beyond the range of {target}")
+
+
+def _list_column(collection: ak.Array, fields: dict[str, pa.DataType], name: str) -> pa.ListArray:
     """A list<struct> Arrow column straight from an awkward jagged record array (no Python loop)."""
     counts = ak.to_numpy(ak.num(collection, axis=1)).astype(np.int32)
     offsets = np.zeros(len(counts) + 1, dtype=np.int32)
     np.cumsum(counts, out=offsets[1:])
     flat = ak.flatten(collection, axis=1)
-    children = [_flat(flat[name], typ) for name, typ in fields.items()]
+    children = [_flat(flat[field], typ, f"{name}.{field}") for field, typ in fields.items()]
     struct = pa.StructArray.from_arrays(children, fields=list(_struct(fields)))
     return pa.ListArray.from_arrays(pa.array(offsets), struct, type=_list_of(fields))
 

@@ -1,0 +1,170 @@
+"""SIGKILL `generate` and `convert` (their whole process group: workers too) at seeded random
+moments while they write (after their hidden work folder appears), then check that nothing a
+later step reads is half-written or doubled, and that a rerun cleans up what the killed run left
+and delivers every event exactly once. Killing `generate` alone (not its workers) is tested too.
+
+After each kill, every visible Parquet file under `--out` must be complete (it reads, with all its
+events); leftovers may only be hidden (temporaries, staging and parts folders). After the rerun,
+no hidden leftovers remain and the outputs hold exactly the expected events.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.compute as pc
+import pytest
+
+from engine.data import parquet_io
+from engine.data import convert as cv
+from engine.data.shards import read_inputs
+from engine.errors import InputError
+from tests import rootfiles as rf
+
+REPO = Path(__file__).resolve().parents[1]
+GENERATE_EVENTS = 20
+CONVERT_INPUTS = 3
+CONVERT_EVENTS = 3000
+
+
+def _start(args: list[str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "engine", *map(str, args)], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+
+
+def _run(args: list[str]) -> None:
+    proc = _start(args)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err.decode()
+
+
+def _kill_while_writing(args: list[str], out: Path, seconds: float) -> bool:
+    """`_kill_once`, with half the wait each time the run ends before it (a fast machine)."""
+    for _ in range(5):
+        if _kill_once(args, out, seconds):
+            return True
+        seconds /= 2
+    return False
+
+
+def _kill_once(args: list[str], out: Path, seconds: float) -> bool:
+    """Start; once a hidden entry appears in `out` (the run is writing), wait `seconds` more and
+    SIGKILL the process group. True if it was still running when killed."""
+    proc = _start(args)
+    try:
+        while proc.poll() is None and not _hidden(out):
+            time.sleep(0.01)
+        proc.wait(timeout=seconds)
+        return False
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        return True
+    finally:
+        proc.stderr.close()
+
+
+def _kill_parent_only(args: list[str], out: Path) -> None:
+    """SIGKILL only the command, not its workers: the workers notice and exit on their own."""
+    proc = _start(args)
+    while proc.poll() is None and not _hidden(out):
+        time.sleep(0.01)
+    time.sleep(1.0)
+    proc.kill()
+    proc.wait()
+    proc.stderr.close()
+    deadline = time.monotonic() + 60
+    while _group_alive(proc.pid):
+        assert time.monotonic() < deadline, "workers outlived the killed command"
+        time.sleep(0.1)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+def _visible(out: Path) -> list[Path]:
+    try:
+        return parquet_io.list_parquet(out)
+    except InputError:
+        return []
+
+
+def _hidden(out: Path) -> list[str]:
+    try:
+        return sorted(p.name for p in out.iterdir() if p.name.startswith("."))
+    except FileNotFoundError:
+        return []
+
+
+@pytest.mark.slow
+def test_killed_generate_leaves_nothing_a_reader_sees(tmp_path):
+    out = tmp_path / "gen"
+    args = ["generate", "--process", "ttbar", "--events", GENERATE_EVENTS, "--out", out,
+            "--seed", 3, "--no-progress"]
+    killed = left = 0
+    for i, delay in enumerate(np.random.default_rng(5).uniform(0.0, 3.0, 3)):
+        killed += _kill_while_writing(args + ["--workers", 2 - i % 2], out, delay)
+        left += bool(_hidden(out))
+        for path in _visible(out):
+            assert parquet_io.read(path).num_rows == GENERATE_EVENTS
+    assert killed == 3 and left >= 1, "the runs ended before the kills: nothing was tested"
+    _kill_parent_only(args + ["--workers", 2], out)
+    _run(args + ["--workers", 2])
+    assert _hidden(out) == []
+    assert _visible(out) == [out / "ttbar.parquet"]
+    table = read_inputs([out]).table  # what `shard` reads
+    assert table.num_rows == GENERATE_EVENTS
+    ids = pc.binary_join_element_wise(*(table.column(c).cast("string") for c in ("run", "lumi", "event")),
+                                      ":")
+    assert len(pc.unique(ids)) == GENERATE_EVENTS
+
+
+@pytest.fixture(scope="module")
+def convert_inputs(tmp_path_factory) -> tuple[list[Path], dict[str, int]]:
+    """Three NanoAOD files and the events each converts to (from an in-process conversion)."""
+    d = tmp_path_factory.mktemp("kill_inputs")
+    inputs = [rf.write_root(d / f"in{i}.root", "Events", [rf.nanoaod_branches(CONVERT_EVENTS, seed=i)])
+              for i in range(CONVERT_INPUTS)]
+    jobs = cv.plan_jobs(inputs, d / "reference", "ttbar")
+    done, _ = cv.convert_all(jobs, d / "reference")
+    return inputs, {r.out.name: r.events_accepted for r in done}
+
+
+@pytest.mark.slow
+def test_killed_convert_leaves_nothing_a_reader_sees(tmp_path, convert_inputs):
+    inputs, expected = convert_inputs
+    out = tmp_path / "conv"
+    args = ["convert", *inputs, "--out", out, "--label", "ttbar", "--step-size", 500]
+    killed = left = 0
+    for i, delay in enumerate(np.random.default_rng(6).uniform(0.0, 1.5, 5)):
+        killed += _kill_while_writing(args + ["--workers", 1 + i % 2], out, delay)
+        left += bool(_hidden(out))
+        _check_complete_or_absent(out, expected)
+    assert killed == 5 and left >= 1, "the runs ended before the kills: nothing was tested"
+    _run(args + ["--workers", 2])
+    assert _hidden(out) == []
+    assert {p.name: parquet_io.read(p).num_rows for p in _visible(out)} == expected
+    record = json.loads((out / cv.RECORD_NAME).read_text())
+    assert {r["output"]: r["events_accepted"] for r in record["converted"]} == expected
+    assert record["failed"] == []
+
+
+def _check_complete_or_absent(out: Path, expected: dict[str, int]) -> None:
+    """Each visible output is complete; the record, if present, lists outputs that all exist."""
+    for path in _visible(out):
+        assert parquet_io.read(path).num_rows == expected[path.name]
+    record = out / cv.RECORD_NAME
+    if record.exists():
+        names = {r["output"] for r in json.loads(record.read_text())["converted"]}
+        assert names == set(expected) and all((out / n).is_file() for n in names)
