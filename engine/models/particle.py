@@ -230,7 +230,8 @@ def pair_features(pt, eta, phi, mass, i, j) -> torch.Tensor:
 
 class PairEmbedding(nn.Module):
     """Pairwise features -> one attention bias per head, (B, heads, N, N), by a pointwise MLP
-    on the pairs i <= j (the features are symmetric), mirrored to j < i."""
+    on the pairs i < j (the features are symmetric), mirrored to j > i. A particle's bias
+    towards itself is 0: its features (Delta = 0) would only be clamped constants."""
 
     def __init__(self, dims: tuple[int, ...], heads: int):
         super().__init__()
@@ -242,7 +243,7 @@ class PairEmbedding(nn.Module):
 
     def forward(self, kinematic: tuple[torch.Tensor, ...], mask: torch.Tensor) -> torch.Tensor:
         n = mask.shape[1]
-        i, j = torch.triu_indices(n, n, device=mask.device)
+        i, j = torch.triu_indices(n, n, offset=1, device=mask.device)
         pair_mask = mask[:, i] & mask[:, j]
         u = self.input_norm(pair_features(*kinematic, i, j), pair_mask)
         for linear, norm in zip(self.linears, self.norms):
