@@ -67,20 +67,21 @@ def kinematics(kind: str, inputs) -> tuple[torch.Tensor, ...]:
 
 class MaskedBatchNorm(nn.BatchNorm1d):
     """BatchNorm over the last dimension of x (..., C) whose batch statistics come from the
-    entries where mask (...) is True only, so padding never shifts them."""
+    entries where mask (...) is True only, so padding never shifts them. In training the masked
+    entries come out as 0; in evaluation every entry is normalised by the running statistics."""
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        mean, var = self.running_mean, self.running_var
-        if self.training:
-            real = x[mask].float()
-            if real.shape[0] > 1:
-                mean, var = real.mean(0), real.var(0, unbiased=False)
-                with torch.no_grad():
-                    unbiased = var * real.shape[0] / (real.shape[0] - 1)
-                    self.running_mean.lerp_(mean, self.momentum)
-                    self.running_var.lerp_(unbiased, self.momentum)
-                    self.num_batches_tracked += 1
-        return (x - mean) * torch.rsqrt(var + self.eps) * self.weight + self.bias
+        real = x[mask] if self.training else None
+        if real is None or real.shape[0] < 2:
+            flat = F.batch_norm(x.reshape(-1, x.shape[-1]), self.running_mean, self.running_var,
+                                self.weight, self.bias, False, 0.0, self.eps)
+            return flat.view(x.shape)
+        self.num_batches_tracked += 1
+        normalised = F.batch_norm(real, self.running_mean, self.running_var, self.weight, self.bias,
+                                  True, self.momentum, self.eps)
+        out = normalised.new_zeros(x.shape)
+        out[mask] = normalised
+        return out
 
 
 # ----------------------------------------------------------------------------- ParticleNet
