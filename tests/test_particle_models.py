@@ -30,6 +30,15 @@ TINY = {"particlenet": {"blocks": [[4, [16, 16]], [4, [24, 24]]], "fc_dim": 32, 
         "part": {"dim": 16, "heads": 2, "layers": 2, "pair_dims": [8], "ff_dim": 32, "dropout": 0.0}}
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Small models on small batches: one thread is faster than several fighting for shared cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def batch_of(kind: str, batch: int = 6, seed: int = 0) -> dict:
     """Objects (cap 16) or constituents (cap 24, more than k + 1 real ones in most jets)."""
     return make_objects(batch, 16, seed) if kind == "objects" else make_constituents(batch, 24, seed)
@@ -128,6 +137,21 @@ def test_events_with_zero_one_or_two_objects_are_finite(name, kind):
     assert torch.allclose(logits[0], logits[3])             # nothing to see: the same output
     model.train()
     loss = F.cross_entropy(model(*model_args(kind, batch)), torch.tensor([0, 1, 2, 0]))
+    loss.backward()
+    assert torch.isfinite(loss) and all(torch.isfinite(p.grad).all() for p in model.parameters()
+                                        if p.grad is not None)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("name", MODELS)
+def test_bfloat16_autocast_trains_and_stays_close_to_float32(name, kind):
+    model, batch = tiny(name, kind), batch_of(kind)
+    reference = run(model, batch)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.allclose(run(model, batch).float(), reference, atol=0.1)
+    model.train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = F.cross_entropy(model(*model_args(kind, batch)).float(), torch.zeros(6, dtype=torch.long))
     loss.backward()
     assert torch.isfinite(loss) and all(torch.isfinite(p.grad).all() for p in model.parameters()
                                         if p.grad is not None)
@@ -251,7 +275,6 @@ def toy_problem(kind: str, n: int, seed: int) -> tuple[dict, torch.Tensor]:
     return with_padding(batch, kind, 0.0), labels
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("name", MODELS)
 def test_model_learns_a_small_separable_problem(name, kind):
