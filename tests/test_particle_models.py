@@ -261,7 +261,8 @@ def toy_problem(kind: str, n: int, seed: int) -> tuple[dict, torch.Tensor]:
         batch["counts"][:] = 2
         batch = with_padding(batch, kind, 0.0)
         batch["types"][:, 0], batch["types"][:, 1] = MUON, JET    # two different objects
-        batch["features"][:, :2] = torch.tensor([[40.0, 0.5, 0.0, 0.1, 0.0, -1.0], [80.0, -0.5, 0.0, 10.0, 0.5, 0.0]])
+        batch["features"][:, :2] = torch.tensor([[40.0, 0.5, 0.0, 0.1, 0.0, -1.0],
+                                                 [80.0, -0.5, 0.0, 10.0, 0.5, 0.0]])
         base = (torch.rand(n, generator=g) * 2 - 1) * math.pi
         gap = torch.where(labels == 1, math.pi - 0.3, 0.3) + torch.rand(n, generator=g) * 0.2
         batch["features"][:, 0, 2], batch["features"][:, 1, 2] = base, wrap_phi(base + gap)

@@ -14,8 +14,8 @@ knows whether to render images), and every kind has one forward signature:
 `pad_fatjets`, plus "images") in argument order; `model_args` picks them out of a batch dict.
 
 Registered models: small_cnn, cvn, the timm architectures of `cnn.TIMM_MODELS`, ffn, deepsets,
-set_transformer, particlenet, part. Each has `.input_kind`, `.spec` (name, num_classes, options: enough to rebuild
-it) and `.head` (the top layers, ending in the logits Linear) used by `transfer`.
+set_transformer, particlenet, part. Each has `.input_kind`, `.spec` (name, num_classes, options:
+enough to rebuild it) and `.head` (the top layers, ending in the logits Linear) used by `transfer`.
 Models know nothing of files or loaders: weights are loaded by `engine.models.transfer`.
 """
 from __future__ import annotations

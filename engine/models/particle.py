@@ -305,7 +305,8 @@ class ParticleTransformer(nn.Module):
                                    nn.Linear(dim, dim))
         self.pair_embed = PairEmbedding(pair_dims, heads)
         self.blocks = nn.ModuleList(AttentionBlock(dim, heads, ff_dim, dropout) for _ in range(layers))
-        self.class_blocks = nn.ModuleList(AttentionBlock(dim, heads, ff_dim, 0.0) for _ in range(class_layers))
+        self.class_blocks = nn.ModuleList(                   # no dropout in class attention, as in the paper
+            AttentionBlock(dim, heads, ff_dim, 0.0) for _ in range(class_layers))
         self.class_token = nn.Parameter(torch.randn(1, 1, dim) * 0.02)
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, num_classes)
@@ -343,6 +344,6 @@ def particlenet(num_classes: int, inputs: str = "objects",
 def part(num_classes: int, inputs: str = "objects", dim: int = 64, heads: int = 4, layers: int = 4,
          class_layers: int = 1, pair_dims: tuple[int, ...] = (32, 32), ff_dim: int = 256,
          dropout: float = 0.1) -> ParticleTransformer:
-    """Particle Transformer (Qu et al. 2022), scaled down: dim 64, 4 heads, 4 particle blocks, 1 class block."""
+    """Particle Transformer (Qu et al. 2022) scaled down: dim 64, 4 heads, 4 particle, 1 class block."""
     return ParticleTransformer(num_classes, inputs, dim, heads, layers, class_layers, tuple(pair_dims),
                                ff_dim, dropout)
