@@ -322,3 +322,32 @@ def test_trainer_runs_the_model_on_shards(name, kind, dataset, tmp_path):
     run_info = json.loads((tmp_path / "run" / "run.json").read_text())
     assert run_info["input_kind"] == kind and run_info["dataset_kind"] == dataset
     assert (tmp_path / "run" / "model.safetensors").is_file()
+
+
+def test_interrupted_training_resumes_to_the_same_weights_and_batch_statistics(tmp_path, monkeypatch):
+    import engine.train as trainer
+    from safetensors.torch import load_file
+    shards = synthetic_shards(tmp_path / "data", 40, seed=0, events_per_member=32)
+    args = [f"data.shards={shards}", "model.name=particlenet",
+            f"model.options={options_yaml(TINY['particlenet'])}", "train.batch_size=16", "train.epochs=2",
+            "train.checkpoint_every_steps=3", "train.seed=5"]          # 5 or 6 steps per epoch
+    trainer.train(load_config(None, [*args, f"output_dir={tmp_path / 'straight'}"]))
+    reset_accelerate()
+    real_save = trainer.save_checkpoint
+
+    def save_then_die(accelerator, output_dir, state):
+        folder = real_save(accelerator, output_dir, state)
+        if state.step == 6:                                   # mid-run, batch statistics and all
+            raise KeyboardInterrupt
+        return folder
+    monkeypatch.setattr(trainer, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train(load_config(None, [*args, f"output_dir={tmp_path / 'killed'}"]))
+    monkeypatch.setattr(trainer, "save_checkpoint", real_save)
+    reset_accelerate()
+    trainer.train(load_config(None, [*args, f"output_dir={tmp_path / 'killed'}"]))
+    straight = load_file(tmp_path / "straight" / "model.safetensors")
+    resumed = load_file(tmp_path / "killed" / "model.safetensors")
+    assert straight.keys() == resumed.keys() and any("running_var" in key for key in straight)
+    for key in straight:
+        assert torch.equal(straight[key], resumed[key]), key
