@@ -2,8 +2,9 @@
 
 Shapes, the symmetries (permutation of real objects, padding of any content, a common rotation in
 phi, events straddling phi = +-pi), zero- and one-object events, the kNN and the pairwise
-features against direct four-vector arithmetic, option errors, learning a toy problem, and real
-training runs through the trainer on synthetic shards.
+features against direct four-vector arithmetic, option errors, bfloat16 autocast, learning a toy
+problem, real training runs through the trainer on synthetic shards (and an interrupted one
+resumed), and, on a GPU, CUDA against CPU.
 """
 from __future__ import annotations
 
@@ -155,6 +156,23 @@ def test_bfloat16_autocast_trains_and_stays_close_to_float32(name, kind):
     loss.backward()
     assert torch.isfinite(loss) and all(torch.isfinite(p.grad).all() for p in model.parameters()
                                         if p.grad is not None)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("name", MODELS)
+def test_gpu_output_matches_cpu_and_trains_in_bfloat16(name, kind):
+    model, batch = tiny(name, kind), with_padding(batch_of(kind), kind, math.nan)
+    reference = run(model, batch)
+    cuda_model = model.to("cuda")
+    cuda_batch = {key: value.to("cuda") for key, value in batch.items()}
+    assert torch.allclose(run(cuda_model, cuda_batch).cpu(), reference, atol=1e-4, rtol=1e-3)
+    cuda_model.train()
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        logits = cuda_model(*model_args(kind, cuda_batch))
+    F.cross_entropy(logits.float(), torch.zeros(6, dtype=torch.long, device="cuda")).backward()
+    assert torch.isfinite(logits).all() and all(torch.isfinite(p.grad).all() for p in cuda_model.parameters()
+                                                if p.grad is not None)
 
 
 def rotated(batch: dict, kind: str, dphi: float, wrap: bool) -> dict:
