@@ -2,6 +2,7 @@
 
     python benchmarks/set_models.py --threads 1 --batch 256            # CPU, one thread
     python benchmarks/set_models.py --device cuda --batch 256
+    python benchmarks/set_models.py --quick --out records.json      # run_all's interface
 
 Each model (default options) is timed on seeded random padded batches of both input kinds:
 objects (N = 16 slots) and jet constituents (M = 128 slots), every slot counted whether real or
@@ -84,8 +85,12 @@ def parse(argv=None) -> argparse.Namespace:
     parser.add_argument("--windows", type=int, default=3)
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     parser.add_argument("--inputs", nargs="+", default=list(SLOTS), choices=list(SLOTS))
+    parser.add_argument("--quick", action="store_true", help="batch 16, one timed step (a smoke run)")
     parser.add_argument("--out", type=Path, default=None, help="records JSON (default: only the table)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.batch, args.warmup, args.steps, args.windows = 16, 0, 1, 1
+    return args
 
 
 def main(argv=None) -> None:

@@ -369,3 +369,13 @@ def test_interrupted_training_resumes_to_the_same_weights_and_batch_statistics(t
     assert straight.keys() == resumed.keys() and any("running_var" in key for key in straight)
     for key in straight:
         assert torch.equal(straight[key], resumed[key]), key
+
+
+def test_speed_benchmark_writes_one_finite_record_per_model_and_input(tmp_path):
+    from benchmarks import set_models
+    out = tmp_path / "records.json"
+    set_models.main(["--quick", "--models", *MODELS, "--out", str(out)])
+    records = json.loads(out.read_text())
+    assert [(r["params"]["model"], r["params"]["inputs"]) for r in records] == [
+        (name, kind) for kind in KINDS for name in MODELS]
+    assert all(r["unit"] == "events/s" and r["value"] > 0 and r["params"]["batch"] == 16 for r in records)
