@@ -210,6 +210,9 @@ def test_phi_enters_only_through_wrapped_differences(name, kind):
     assert (phis > 2.6).any() and (phis < -2.6).any()
     assert torch.allclose(run(model, straddling), reference, atol=1e-4)
     assert torch.allclose(run(model, rotated(batch, kind, 1.0, wrap=True)), reference, atol=1e-4)
+    one_moved = {key: value.clone() for key, value in batch.items()}     # a relative phi does count
+    one_moved[values_key(kind)][:, 0, 2] += 0.5
+    assert not torch.allclose(run(model, one_moved), reference, atol=1e-4)
 
 
 def test_knn_picks_the_nearest_real_neighbours_only():
