@@ -44,6 +44,20 @@ def wrap_phi(dphi: torch.Tensor) -> torch.Tensor:
     return torch.remainder(dphi + math.pi, 2 * math.pi) - math.pi
 
 
+def trim_padding(kind: str, inputs) -> tuple[torch.Tensor, ...]:
+    """The inputs cut to the batch's largest count (at least one slot): the slots beyond it are
+    padding in every event, and both models cost at least linearly in the slots (part: squared).
+    Reading the count is a CPU-GPU sync point, once per batch."""
+    counts = inputs[1] if kind == "constituents" else inputs[2]
+    slots = inputs[0].shape[1]
+    n = min(max(int(counts.max()), 1), slots) if counts.numel() else slots
+    if n == slots:
+        return tuple(inputs)
+    if kind == "objects":
+        return inputs[0][:, :n], inputs[1][:, :n], counts
+    return inputs[0][:, :n], counts, inputs[2]
+
+
 def particle_features(kind: str, inputs) -> tuple[torch.Tensor, torch.Tensor]:
     """(B,N,D) float32 per-particle features (zeros in padding) and mask (B,N) bool, free of absolute phi."""
     if kind == "objects":
@@ -175,6 +189,7 @@ class ParticleNet(nn.Module):
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
         """(types, features, counts) or (constituents, counts, fatjet) -> logits (B, num_classes)."""
+        inputs = trim_padding(self.input_kind, inputs)
         x, mask = particle_features(self.input_kind, inputs)
         _, eta, phi, _ = kinematics(self.input_kind, inputs)
         x = self.input_norm(x, mask) * mask.unsqueeze(-1)
@@ -313,6 +328,7 @@ class ParticleTransformer(nn.Module):
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
         """(types, features, counts) or (constituents, counts, fatjet) -> logits (B, num_classes)."""
+        inputs = trim_padding(self.input_kind, inputs)
         x, mask = particle_features(self.input_kind, inputs)
         x = self.embed(self.input_norm(x, mask)) * mask.unsqueeze(-1)
         # An event with no objects would mask every key (softmax of nothing = NaN); let it see
