@@ -24,7 +24,7 @@ import torch
 
 from engine.data import kinematics
 from engine.data.parquet_io import atomic_path
-from engine.data.shard_paths import resolve_split
+from engine.data.shards import locate_split
 from engine.errors import InputError
 from engine.training import plots
 from engine.training.config import TrainConfig, load_config
@@ -187,7 +187,7 @@ def evaluate(checkpoint: str | Path, shards: str | Path, out: str | Path, split:
     signal = signal or trained.config.data.signal or names[0]
     if signal not in names:
         raise InputError("--signal", f"{signal!r} is not one of the classes {names}")
-    root, split = resolve_split(shards, split, default="test")
+    root, split = locate_split(shards, split, default="test")
     res = score_split(trained, root, split)
     metrics = classification_metrics(res["scores"], res["labels"], names, signal)
     metrics.update(model=trained.name, checkpoint=str(trained.folder), split=split,
@@ -250,7 +250,7 @@ def predict(checkpoint: str | Path, shards: str | Path, out: str | Path, split: 
     variable, weight) and a plot of the mass variable per predicted class; returns the files."""
     trained = load_trained(checkpoint)
     names = trained.class_names
-    root, split = resolve_split(shards, split, default="test")
+    root, split = locate_split(shards, split, default="test")
     res = score_split(trained, root, split)
     predicted = res["scores"].argmax(axis=1)
     sigma = visible_cross_sections(res["manifest"])

@@ -277,7 +277,7 @@ def test_parquet_where_shards_are_needed(event_inputs, tmp_path):
             with pytest.raises(InputError, match=re.escape(message)) as caught:
                 read(path)
             assert caught.value.source == str(path)
-    with pytest.raises(InputError, match="no such file or folder"):
+    with pytest.raises(InputError, match="no such shard folder"):
         shards.load_manifest(tmp_path / "nothing")
     (tmp_path / "lost" / "train").mkdir(parents=True)        # shards that lost their manifest
     for name in ("train/train-00000.tar", "train/sidecar.parquet"):

@@ -126,4 +126,4 @@ def test_config_errors_fail_before_work(shards, tmp_path, text, message):
 def test_missing_shards_is_a_clear_error(tmp_path):
     res = subprocess.run([sys.executable, "-m", "engine.train", f"data.shards={tmp_path / 'nope'}"],
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert res.returncode == 2 and "not a shard folder" in res.stderr
+    assert res.returncode == 2 and "no such shard folder" in res.stderr

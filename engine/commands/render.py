@@ -23,7 +23,7 @@ import torch
 
 from engine.data import objects
 from engine.data.parquet_io import atomic_path, iter_batches, list_parquet, open_parquet
-from engine.data.shard_paths import is_shard_path, resolve_split
+from engine.data.shards import is_shard_path, locate_split
 from engine.errors import InputError
 from engine.render import render_events, render_jets
 from kernels.presets import PRESETS, RenderConfig, preset
@@ -104,7 +104,7 @@ def first_padded(path: str, n: int, kind: str, split: str | None,
 def _first_from_shards(path: str, n: int, kind: str, split: str | None, per_class: bool):
     from engine.data.loader import LoaderConfig, make_loader
     from engine.data.shards import load_manifest, read_identity
-    root, split = resolve_split(path, split, default="train")
+    root, split = locate_split(path, split, default="train")
     manifest = load_manifest(root)
     if manifest["kind"] != kind:
         raise InputError(path, f"holds {manifest['kind']}, this preset draws {kind}")

@@ -29,7 +29,6 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
-import shutil
 import time
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
@@ -41,7 +40,7 @@ import awkward as ak
 import numpy as np
 
 from engine.config import to_dict
-from engine.data.parquet_io import (TMP_MARK, ParquetSink, atomic_path, check_finite, private_name,
+from engine.data.parquet_io import (TMP_MARK, ParquetSink, atomic_path, check_finite, private_folder,
                                     remove_stale, writable_folder)
 from engine.data.readers_json import JsonReader
 from engine.data.jagged import keep_objects, record_parts
@@ -281,13 +280,10 @@ def convert_all(jobs: list[ConvertJob], out_dir: str | Path, workers: int = 1, s
 def _staging(out_dir: Path, created: bool) -> Iterator[Path]:
     """A hidden folder for this run's outputs, removed at the end whatever happens (and `out_dir`
     too if this run `created` it and left nothing in it)."""
-    remove_stale(out_dir, STAGING_PREFIX)
-    folder = out_dir / private_name(STAGING_PREFIX)
-    folder.mkdir()
     try:
-        yield folder
+        with private_folder(out_dir, STAGING_PREFIX) as folder:
+            yield folder
     finally:
-        shutil.rmtree(folder, ignore_errors=True)
         if created and not any(out_dir.iterdir()):
             out_dir.rmdir()
 

@@ -57,19 +57,50 @@ def atomic_path(final: str | Path) -> Iterator[Path]:
             tmp.unlink()
 
 
+_MADE: set[str] = set()
+"""Names `private_name` gave out in this process: an entry with this process's pid and another name
+was left by an earlier process that had the same pid (a killed run before a restart)."""
+
+
 def private_name(prefix: str) -> str:
     """`prefix<pid>-<host>-<random>`: a name no other writer uses, telling who made it."""
-    return f"{prefix}{os.getpid()}-{_host()}-{secrets.token_hex(4)}"
+    name = f"{prefix}{os.getpid()}-{_host()}-{secrets.token_hex(4)}"
+    _MADE.add(name)
+    return name
 
 
-def remove_stale(folder: Path, prefix: str) -> None:
-    """Delete the entries of `folder` that `private_name(prefix)` made for a process of this host
-    that no longer runs (a killed writer). Another host's entries are left alone."""
-    for entry in folder.glob(f"{_glob_escape(prefix)}*"):
+def remove_stale(folder: Path, prefix: str) -> list[Path]:
+    """Delete the entries of `folder` that `private_name(prefix)` made (or `prefix<pid>` alone, the
+    older form) for a process of this host that no longer runs (a killed writer). Another host's
+    entries, and those of running processes, are left alone. Returns the entries removed."""
+    removed = []
+    for entry in (folder.glob(f"{_glob_escape(prefix)}*") if folder.is_dir() else ()):
         pid, _, rest = entry.name[len(prefix):].partition("-")
         host = rest.rpartition("-")[0] if rest.count("-") else ""
-        if pid.isdigit() and host in ("", _host()) and not _process_alive(int(pid)):
+        if pid.isdigit() and host in ("", _host()) and _stale(int(pid), entry.name):
             _remove(entry)
+            removed.append(entry)
+    return removed
+
+
+@contextmanager
+def private_folder(parent: Path, prefix: str) -> Iterator[Path]:
+    """A new hidden folder `parent/private_name(prefix)` for one run's intermediate files (readers
+    never list hidden folders), removed at the end whatever happens; folders of the same prefix
+    that killed runs left are removed first."""
+    remove_stale(parent, prefix)
+    folder = parent / private_name(prefix)
+    folder.mkdir()
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _stale(pid: int, name: str) -> bool:
+    if pid == os.getpid():
+        return name not in _MADE
+    return not _process_alive(pid)
 
 
 def _host() -> str:
@@ -81,8 +112,6 @@ def _glob_escape(text: str) -> str:
 
 
 def _process_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

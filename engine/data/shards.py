@@ -1,7 +1,7 @@
 """Canonical Parquet -> WebDataset shards per split, with a manifest and DALI index files.
 
-Layout of a shard folder (written into the hidden folder .<out>.tmp-<pid>, renamed into place at
-the end; readers refuse such a folder, and the next run removes those of killed runs):
+Layout of a shard folder (written into the hidden folder .<out>.tmp-<pid>-<host>-<random>, renamed
+into place at the end; readers refuse such a folder, and the next run removes those of killed runs):
   manifest.json                 see `build_manifest`
   train/train-00000.tar         WebDataset tar: members 000000.blk, 000001.blk, ... each one block
   train/train-00000.idx         of `events_per_member` events (engine.data.encoding); index in the
@@ -40,7 +40,7 @@ from engine.errors import InputError
 
 SHARD_FORMAT = "engine-wds-blocks"
 SHARD_FORMAT_VERSION = 1
-TEMPORARY = re.compile(r"\..+\.tmp-\d+")      # `write_shards` writes into .<out>.tmp-<pid>
+TEMPORARY = re.compile(r"\..+\.tmp-\d+(-.+)?")   # the hidden folder `write_shards` writes into
 SPLITS = ("train", "val", "test")
 MEMBER_EXT = "blk"
 MANIFEST = "manifest.json"
@@ -228,7 +228,8 @@ def build_manifest(inputs: Inputs, splits: dict[str, dict], opts: ShardOptions) 
 def write_shards(paths: list[str | Path], out: str | Path, opts: ShardOptions) -> dict:
     """Parquet files/folders `paths` -> shard folder `out` (atomically). Returns the manifest."""
     out = Path(out)
-    remove_stale_temporaries(out)
+    prefix = f".{out.name}{parquet_io.TMP_MARK}"
+    parquet_io.remove_stale(out.parent, prefix)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise InputError(out, "already exists and is not an empty folder")
     inputs = read_inputs(paths)
@@ -236,7 +237,7 @@ def write_shards(paths: list[str | Path], out: str | Path, opts: ShardOptions) -
         raise InputError(", ".join(map(str, paths)), "inputs hold no events")
     labels = inputs.table.column("label").to_numpy()
     plan = plan_splits(labels, len(inputs.class_names), opts)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    tmp = out.with_name(parquet_io.private_name(prefix))
     try:
         splits = {name: write_split(inputs, rows, tmp / name, name, opts) for name, rows in plan.items()}
         manifest = build_manifest(inputs, splits, opts)
@@ -246,30 +247,6 @@ def write_shards(paths: list[str | Path], out: str | Path, opts: ShardOptions) -
         if tmp.exists():
             shutil.rmtree(tmp)
     return manifest
-
-
-def remove_stale_temporaries(out: Path) -> list[Path]:
-    """Delete the temporary folders of `out` left by killed `write_shards` runs (their process is
-    gone, or its pid is now this process's); a run still in progress in another process keeps
-    its own. Returns the folders removed."""
-    prefix, removed = f".{out.name}.tmp-", []
-    for tmp in (out.parent.iterdir() if out.parent.is_dir() else ()):
-        pid = tmp.name[len(prefix):]
-        if (tmp.name.startswith(prefix) and pid.isdigit()
-                and (int(pid) == os.getpid() or not _alive(int(pid)))):
-            shutil.rmtree(tmp, ignore_errors=True)
-            removed.append(tmp)
-    return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 # ---- reading side: locate a split, check its shards against the manifest and the indices ----
@@ -313,23 +290,31 @@ class SplitData:
         return int(sum(s.events.sum() for s in self.shards))
 
 
-def locate_split(path: str | Path, split: str | None = None) -> tuple[Path, str]:
-    """(shard root, split name) of a shard root (+ `split`, default train) or of one split folder."""
+def is_shard_path(path: str | Path) -> bool:
+    """Whether `path` is a shard root or a split folder of one."""
+    path = Path(path)
+    return path.is_dir() and ((path / MANIFEST).is_file() or (path.parent / MANIFEST).is_file())
+
+
+def locate_split(path: str | Path, split: str | None = None, default: str = "train") -> tuple[Path, str]:
+    """(shard root, split name) of a shard root (+ `split`, else `default`) or of one split folder
+    (whose own name `split`, if given, must be); InputError for anything else, naming the fix."""
     path = Path(path)
     for folder in (path, path.parent):
         if TEMPORARY.fullmatch(folder.name) and folder.is_dir():
             raise InputError(folder, "is the unfinished output of a `shard` run that was stopped, "
                                      "not shards (run `python -m engine shard` again)")
     if (path / MANIFEST).is_file():
-        return path, split or "train"
+        return path, split or default
     if (path.parent / MANIFEST).is_file() and path.is_dir():
         if split not in (None, path.name):
             raise InputError(path, f"is the '{path.name}' split, not '{split}'")
         return path.parent, path.name
     if not path.exists():
-        raise InputError(path, "no such file or folder")
+        raise InputError(path, "no such shard folder")
     if _holds_parquet(path):
-        raise InputError(path, "holds Parquet files, not shards: run `python -m engine shard` first")
+        raise InputError(path, "holds Parquet files, not shards: run `python -m engine shard` first "
+                               f"(`--input {path} --out SHARDS`, then pass SHARDS)")
     raise InputError(path, f"no {MANIFEST} here or in the parent folder (not a shard folder?)")
 
 

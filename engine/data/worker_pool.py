@@ -8,30 +8,20 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import queue as queue_mod
-import shutil
 import traceback
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
-from engine.data.parquet_io import private_name, remove_stale
+from engine.data.parquet_io import private_folder
 from engine.errors import InputError
 
 Work = Callable[..., dict]
 """`work(job, worker, quota, part_path, report) -> result`, e.g. engine.data.generate.run_worker."""
 
 
-@contextmanager
-def parts_folder(out_dir: Path, process: str) -> Iterator[Path]:
+def parts_folder(out_dir: Path, process: str):
     """A hidden folder for this run's part files, removed at the end whatever happens."""
-    prefix = f".{process}-parts-"
-    remove_stale(out_dir, prefix)
-    folder = out_dir / private_name(prefix)
-    folder.mkdir()
-    try:
-        yield folder
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
+    return private_folder(out_dir, f".{process}-parts-")
 
 
 def run_workers(work: Work, job, quotas: list[int], parts: list[Path],

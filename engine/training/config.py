@@ -155,9 +155,13 @@ def _check_loader_repeats_train(loader: dict, cfg: TrainConfig, copies: set[str]
 
 
 def check_paths(cfg: TrainConfig) -> None:
-    """Fail early on a shard folder that is not there."""
-    if not (Path(cfg.data.shards) / "manifest.json").is_file():
-        raise InputError(cfg.data.shards, "no manifest.json: not a shard folder (run `python -m engine shard`)")
+    """Fail early on a shard folder that is not there, or that is one split of a shard folder
+    (training reads the train and val splits of the root)."""
+    from engine.data.shards import locate_split
+    root, split = locate_split(cfg.data.shards)
+    if root != Path(cfg.data.shards):
+        raise InputError("data.shards", f"{cfg.data.shards} is the '{split}' split of {root}: give the shard "
+                                        "root (training reads its train and val splits)")
 
 
 DATASET_OF_INPUT = {"objects": "events", "constituents": "fatjets"}
