@@ -257,18 +257,18 @@ def test_pair_features_match_four_vector_arithmetic():
 
 
 def test_unknown_or_malformed_options_are_input_errors():
-    with pytest.raises(InputError, match="model.k: model 'particlenet' has no option 'k'.*blocks"):
+    with pytest.raises(InputError, match="model.options.k: model 'particlenet' has no option 'k'.*blocks"):
         create_model("particlenet", 3, k=16)
     for bad in ([[16]], [[0, [64]]], [[16, []]], [[16, [64, -1]]], []):
-        with pytest.raises(InputError, match="model.blocks"):
+        with pytest.raises(InputError, match="model.options.blocks"):
             create_model("particlenet", 3, blocks=bad)
-    with pytest.raises(InputError, match="model.heads: dim 64 is not divisible by heads 5"):
+    with pytest.raises(InputError, match="model.options.heads: dim 64 is not divisible by heads 5"):
         create_model("part", 3, heads=5)
-    with pytest.raises(InputError, match="model.pair_dims: expected a list of int"):
+    with pytest.raises(InputError, match="model.options.pair_dims: expected a list of int"):
         create_model("part", 3, pair_dims=[8, 2.5])
-    with pytest.raises(InputError, match="model.inputs"):
+    with pytest.raises(InputError, match="model.options.inputs"):
         create_model("part", 3, inputs="image")
-    with pytest.raises(InputError, match="model.dropout: expected float"):
+    with pytest.raises(InputError, match="model.options.dropout: expected float"):
         create_model("particlenet", 3, dropout="0.1")
 
 
@@ -356,8 +356,8 @@ def test_interrupted_training_resumes_to_the_same_weights_and_batch_statistics(t
     reset_accelerate()
     real_save = trainer.save_checkpoint
 
-    def save_then_die(accelerator, output_dir, state):
-        folder = real_save(accelerator, output_dir, state)
+    def save_then_die(accelerator, output_dir, state, config):
+        folder = real_save(accelerator, output_dir, state, config)
         if state.step == 6:                                   # mid-run, batch statistics and all
             raise KeyboardInterrupt
         return folder

@@ -208,7 +208,7 @@ class ParticleNet(nn.Module):
 
 def _check_blocks(blocks) -> tuple[tuple[int, tuple[int, ...]], ...]:
     """[[k, [channels...]], ...] from a config -> tuple form; InputError on any other shape."""
-    problem = InputError("model.blocks", f"expected a list of [k, [channels...]] with k >= 1 and "
+    problem = InputError("model.options.blocks", f"expected a list of [k, [channels...]] with k >= 1 and "
                          f"positive channels, got {blocks!r}")
     if not blocks:
         raise problem
@@ -313,7 +313,7 @@ class ParticleTransformer(nn.Module):
                  class_layers: int, pair_dims: tuple[int, ...], ff_dim: int, dropout: float):
         super().__init__()
         if dim % heads:
-            raise InputError("model.heads", f"dim {dim} is not divisible by heads {heads}")
+            raise InputError("model.options.heads", f"dim {dim} is not divisible by heads {heads}")
         self.input_kind = inputs
         self.input_norm = MaskedBatchNorm(PARTICLE_DIM[inputs])
         self.embed = nn.Sequential(nn.Linear(PARTICLE_DIM[inputs], dim), nn.GELU(), nn.LayerNorm(dim),
