@@ -32,8 +32,8 @@ import uproot
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from engine.data.parquet_io import open_parquet  # noqa: E402
-from engine.data.readers_root import use_fast_zlib  # noqa: E402
+from engine.data.canonical.parquet_io import open_parquet  # noqa: E402
+from engine.data.conversion.readers_root import use_fast_zlib  # noqa: E402
 from tests import rootfiles as rf  # noqa: E402
 
 EVENTS = 1_000_000

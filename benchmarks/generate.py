@@ -17,10 +17,10 @@ from pathlib import Path
 import awkward as ak
 import pyarrow.parquet as pq
 
-from engine.data.detector import DetectorConfig
-from engine.data.generate import GenerateJob, generate
-from engine.data.processes import PROCESSES
-from engine.data.selection import load_selection
+from engine.data.canonical.selection import load_selection
+from engine.data.generation.detector import DetectorConfig
+from engine.data.generation.generate import GenerateJob, generate
+from engine.data.generation.processes import PROCESSES
 
 EVENTS = 200
 QUICK_EVENTS = 40

@@ -22,7 +22,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from engine.data import shards, synthetic
+from engine.data import shards
+from engine.data.generation import synthetic
 from engine.data.loader import LoaderConfig, make_loader
 from engine.render import render_events
 from kernels.presets import RenderConfig
@@ -49,7 +50,7 @@ class ImageSet:
 
 def make_events(folder: Path, per_class: int, synthetic_events: bool, seed: int = 1) -> Path:
     """Parquet events of ttbar / W+jets / Drell-Yan in folder/parquet: Pythia 8 (`python -m engine
-    generate`, all cores) or, with `synthetic_events`, engine.data.synthetic (seconds)."""
+    generate`, all cores) or, with `synthetic_events`, engine.data.generation.synthetic (seconds)."""
     out = folder / "parquet"
     if synthetic_events:
         synthetic.write_synthetic(out, "events", per_class, seed=seed)

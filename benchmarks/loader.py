@@ -23,8 +23,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.data import encoding, shards, synthetic  # noqa: E402
+from engine.data import shards  # noqa: E402
+from engine.data.generation import synthetic  # noqa: E402
 from engine.data.loader import LoaderConfig, make_loader  # noqa: E402
+from engine.data.shards import encoding  # noqa: E402
 
 EVENTS_PER_CLASS = {"full": 400_000, "quick": 40_000}
 SECONDS = {"full": 3.0, "quick": 0.5}

@@ -350,7 +350,8 @@ def parse_args(argv):
     events = parser.add_mutually_exclusive_group()
     events.add_argument("--parquet", type=Path, help="canonical event Parquet files (default: generate)")
     events.add_argument("--synthetic", action="store_true",
-                        help="synthetic events (engine.data.synthetic) instead of generating with Pythia")
+                        help="synthetic events (engine.data.generation.synthetic) instead of generating "
+                             "with Pythia")
     parser.add_argument("--models", help="comma-separated: small_cnn, resnet50 (default: both on a GPU, "
                                          "small_cnn without one)")
     parser.add_argument("--workers", help="comma-separated loader worker counts to scan")

@@ -3,7 +3,7 @@ kill followed by a resume, against the same run uninterrupted.
 
     python benchmarks/train_gpu.py [--quick] [--rehearse] --out FILE.json
 
-Synthetic ttbar / W+jets / Drell-Yan events (engine.data.synthetic: the rates depend on event sizes,
+Synthetic ttbar / W+jets / Drell-Yan events (engine.data.generation.synthetic: the rates depend on event sizes,
 not on the physics) are sharded, then `python -m engine.train` trains small_cnn on 64 px images
 (`render.dtype=bfloat16`, `train.mixed_precision=bf16`) for STEPS optimizer steps, twice: straight
 through, and killed with SIGKILL once its second checkpoint is complete, then started again with the
@@ -35,8 +35,8 @@ SIZES = {"gpu": {"per_class": 4000, "steps": 300, "batch": 256, "checkpoint": 10
 
 
 def make_shards(work: Path, per_class: int) -> Path:
+    from engine.data.generation.synthetic import write_synthetic
     from engine.data.shards import ShardOptions, write_shards
-    from engine.data.synthetic import write_synthetic
     write_synthetic(work / "parquet", "events", per_class, seed=5)
     write_shards([work / "parquet"], work / "shards", ShardOptions(seed=5, events_per_member=512))
     return work / "shards"

@@ -23,9 +23,9 @@ import pyarrow as pa
 import torch
 
 from engine.data import kinematics
-from engine.data.parquet_io import atomic_path
 from engine.data.shards import locate_split
 from engine.errors import InputError
+from engine.files import atomic_path
 from engine.training import plots
 from engine.training.config import TrainConfig, load_config
 from engine.training.metrics import classification_metrics

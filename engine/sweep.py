@@ -27,8 +27,8 @@ from pathlib import Path
 import yaml
 
 from engine.config import from_dict, load_yaml
-from engine.data.parquet_io import atomic_path
 from engine.errors import InputError
+from engine.files import atomic_path
 
 
 @dataclass

@@ -39,12 +39,12 @@ def synthetic_events(n: int, seed: int = 0) -> ak.Array:
 
 def synthetic_shards(folder, n_per_class: int, seed: int, kind: str = "events", shard_seed: int | None = None,
                      **options):
-    """Seeded synthetic Parquet (engine.data.synthetic) sharded into `folder`/shards (shuffled with
+    """Seeded synthetic Parquet (engine.data.generation.synthetic) sharded into `folder`/shards (shuffled with
     `shard_seed`, default `seed`; `options` go to ShardOptions); returns that path."""
     from pathlib import Path
 
+    from engine.data.generation.synthetic import write_synthetic
     from engine.data.shards import ShardOptions, write_shards
-    from engine.data.synthetic import write_synthetic
     folder = Path(folder)
     write_synthetic(folder / "parquet", kind, n_per_class=n_per_class, seed=seed)
     seed_of_shards = seed if shard_seed is None else shard_seed

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from engine.__main__ import COMMANDS, DefaultsFormatter, build_parser, main
-from engine.data import parquet_io, schema, synthetic
+from engine.data.canonical import parquet_io, schema
+from engine.data.generation import synthetic
 from engine.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[1]

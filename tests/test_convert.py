@@ -16,10 +16,10 @@ import pytest
 
 from tests import rootfiles as rf
 from engine.commands import convert as cli
-from engine.data import convert as cv
-from engine.data import readers_root as rr
-from engine.data.parquet_io import open_parquet
-from engine.data.selection import PRESETS, apply_selection
+from engine.data.canonical.parquet_io import open_parquet
+from engine.data.canonical.selection import PRESETS, apply_selection
+from engine.data.conversion import convert as cv
+from engine.data.conversion import readers_root as rr
 from engine.errors import InputError
 
 REPO = Path(__file__).resolve().parents[1]

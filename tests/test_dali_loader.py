@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from engine.data import shards
-from engine.data.dali_loader import dali_shard_events
 from engine.data.loader import LoaderConfig, make_loader
+from engine.data.loader.plan import dali_shard_events
+from engine.data.shards.reader import read_index
 from engine.errors import InputError
 from tests.events import synthetic_shards
 
@@ -88,7 +88,7 @@ def test_corrupt_block_error_names_the_shard_and_member(root, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(root, copy)
     tar = sorted((copy / "train").glob("*.tar"))[-1]
-    offsets, sizes, names = shards.read_index(tar.with_suffix(".idx"))
+    offsets, sizes, names = read_index(tar.with_suffix(".idx"))
     data = bytearray(tar.read_bytes())
     data[offsets[-1] + sizes[-1] - 2] ^= 0x0F                       # payload: only the CRC tells
     tar.write_bytes(bytes(data))

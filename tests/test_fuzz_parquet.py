@@ -18,10 +18,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from engine.__main__ import main
-from engine.data import parquet_io, schema
+from engine.data.canonical import parquet_io, schema
+from engine.data.canonical.summary import summarize
+from engine.data.generation.synthetic import write_synthetic
 from engine.data.shards import read_inputs
-from engine.data.summary import summarize
-from engine.data.synthetic import write_synthetic
 from engine.errors import InputError
 from tests.rootfiles import corrupt
 

@@ -25,9 +25,12 @@ import numpy as np
 import pytest
 import torch
 
-from engine.data import encoding, shards
 from engine.data.loader import LoaderConfig, make_loader
-from engine.data.shard_inspect import inspect_shards
+from engine.data.shards import encoding
+from engine.data.shards.inspect import inspect_shards
+from engine.data.shards.manifest import MEMBER_EXT
+from engine.data.shards.reader import read_index
+from engine.data.shards.writer import format_index
 from engine.errors import InputError
 from tests.events import synthetic_shards
 
@@ -84,7 +87,7 @@ def _flip(path, at, rng):
 def _member(rng, folder):
     split, _, entry = _pick(rng, folder)
     tar = folder / split / entry["name"]
-    offsets, sizes, _ = shards.read_index(tar.with_suffix(".idx"))
+    offsets, sizes, _ = read_index(tar.with_suffix(".idx"))
     j = rng.integers(len(offsets))
     return split, tar, int(offsets[j]), int(sizes[j])
 
@@ -142,12 +145,12 @@ def _rewrite(folder, split, i, blocks, index_too=True):
     tar_path, entries = folder / split / entry["name"], []
     with open(tar_path, "wb") as f, tarfile.open(fileobj=f, mode="w", format=tarfile.USTAR_FORMAT) as tar:
         for j, data in enumerate(blocks):
-            info = tarfile.TarInfo(f"{j:06d}.{shards.MEMBER_EXT}")
+            info = tarfile.TarInfo(f"{j:06d}.{MEMBER_EXT}")
             info.size, info.mtime, info.mode = len(data), 0, 0o644
             entries.append((tar.offset + tarfile.BLOCKSIZE, len(data), info.name))
             tar.addfile(info, io.BytesIO(data))
     if index_too:
-        (folder / split / entry["index"]).write_text(shards.format_index(entries))
+        (folder / split / entry["index"]).write_text(format_index(entries))
         entry["bytes"] = tar_path.stat().st_size
         _save(folder, manifest)
 

@@ -11,11 +11,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from engine.__main__ import main
-from engine.data.detector import DetectorConfig
-from engine.data.generate import GenerateJob, generate, split_counts, worker_seeds
-from engine.data.parquet_io import open_parquet
-from engine.data.schema import EVENT_SCHEMA, FATJET_SCHEMA
-from engine.data.selection import load_selection
+from engine.data.canonical.parquet_io import open_parquet
+from engine.data.canonical.schema import EVENT_SCHEMA, FATJET_SCHEMA
+from engine.data.canonical.selection import load_selection
+from engine.data.generation.detector import DetectorConfig
+from engine.data.generation.generate import GenerateJob, generate, split_counts, worker_seeds
 from engine.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -170,7 +170,7 @@ def test_energy_pythia_rejects_is_one_line_naming_ecm(tmp_path, capsys):
 
 def test_stale_parts_of_a_killed_run_are_removed_and_never_read(tmp_path, ttbar):
     """A dead writer's parts folder (a killed run) is hidden from readers and removed by the next run."""
-    from engine.data.summary import summarize
+    from engine.data.canonical.summary import summarize
 
     path, _ = ttbar
     out = tmp_path / "out"

@@ -4,9 +4,9 @@ import sys
 
 import pytest
 
-from engine.data import parquet_io, schema
-from engine.data.shard_inspect import format_inspection, inspect_shards
-from engine.data.summary import summarize
+from engine.data.canonical import parquet_io, schema
+from engine.data.canonical.summary import summarize
+from engine.data.shards.inspect import format_inspection, inspect_shards
 from tests.events import synthetic_events, synthetic_shards
 
 

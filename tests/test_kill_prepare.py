@@ -21,8 +21,8 @@ import numpy as np
 import pyarrow.compute as pc
 import pytest
 
-from engine.data import parquet_io
-from engine.data import convert as cv
+from engine.data.canonical import parquet_io
+from engine.data.conversion import convert as cv
 from engine.data.shards import read_inputs
 from engine.errors import InputError
 from tests import rootfiles as rf

@@ -17,9 +17,10 @@ import numpy as np
 import pytest
 
 import engine.__main__ as cli
-from engine.data import shards, synthetic
+from engine.data import shards
+from engine.data.generation import synthetic
 from engine.data.loader import make_loader
-from engine.data.shard_inspect import inspect_shards
+from engine.data.shards.inspect import inspect_shards
 from engine.errors import InputError
 
 KILLS = 8

@@ -9,9 +9,11 @@ import pytest
 import torch
 
 from engine.config import from_dict
-from engine.data import encoding, shards
+from engine.data import shards
 from engine.data.loader import LoaderConfig, make_loader
-from engine.data.shard_inspect import format_inspection, inspect_shards
+from engine.data.shards import encoding
+from engine.data.shards.inspect import format_inspection, inspect_shards
+from engine.data.shards.reader import read_index
 from engine.errors import InputError
 from tests.events import synthetic_shards
 
@@ -212,7 +214,7 @@ def test_truncated_shard_is_an_error_or_skipped_and_counted(damaged):
 def test_corrupt_member_is_an_error_naming_the_member(damaged):
     tar = _first_tar(damaged)
     data = bytearray(tar.read_bytes())
-    offset = shards.read_index(tar.with_suffix(".idx"))[0][0]
+    offset = read_index(tar.with_suffix(".idx"))[0][0]
     data[offset + encoding.HEADER.size + 20] ^= 0xFF                  # same size, bad payload
     tar.write_bytes(bytes(data))
     with pytest.raises(InputError, match="member 000000.blk: corrupt block .CRC-32") as caught:
@@ -230,7 +232,7 @@ def test_corrupt_member_is_an_error_naming_the_member(damaged):
 def test_changed_under_a_running_job_is_an_error_naming_shard_and_member(damaged, workers):
     loader = make_loader(damaged, _cfg(shuffle=False, skip_bad=True, workers=workers))
     tar = _first_tar(damaged)
-    offsets, sizes, names = shards.read_index(tar.with_suffix(".idx"))
+    offsets, sizes, names = read_index(tar.with_suffix(".idx"))
     data = bytearray(tar.read_bytes())
     data[offsets[1] + sizes[1] - 1] ^= 0x55
     tar.write_bytes(bytes(data))
@@ -251,7 +253,7 @@ def test_shard_deleted_under_a_running_job_is_one_line(damaged):
 def test_other_block_version_missing_index_missing_manifest(damaged):
     tar = _first_tar(damaged)
     data = bytearray(tar.read_bytes())
-    data[shards.read_index(tar.with_suffix(".idx"))[0][0] + 4] = encoding.FORMAT_VERSION + 1
+    data[read_index(tar.with_suffix(".idx"))[0][0] + 4] = encoding.FORMAT_VERSION + 1
     tar.write_bytes(bytes(data))
     with pytest.raises(InputError, match="block format version"):
         make_loader(damaged, _cfg())

@@ -1,6 +1,7 @@
 import numpy as np
 
-from engine.data import objects, schema
+from engine.data import objects
+from engine.data.canonical import schema
 from tests.events import synthetic_events
 
 

@@ -352,7 +352,7 @@ def test_wrong_arrays_are_refused():
 
 def write_events(path, n=5):
     import awkward as ak
-    from engine.data import parquet_io, schema
+    from engine.data.canonical import parquet_io, schema
     rng = np.random.default_rng(9)
     lepton = lambda k: [{"pt": 30.0 + k, "eta": 0.5, "phi": 1.0, "mass": 0.0, "charge": -1}]
     records = [{"weight": 1.0, "run": 1, "lumi": 1, "event": k, "met_pt": 40.0, "met_phi": -1.0,
@@ -394,7 +394,8 @@ def test_render_command_bad_input(tmp_path, capsys):
 
 def test_render_command_reads_shards_in_stored_order(tmp_path):
     from engine.__main__ import main
-    from engine.data import shards, synthetic
+    from engine.data import shards
+    from engine.data.generation import synthetic
     from engine.data.loader import LoaderConfig, make_loader
     synthetic.write_synthetic(tmp_path / "pq", "events", 20, seed=5)
     shards.write_shards([tmp_path / "pq"], tmp_path / "shards", shards.ShardOptions(seed=5))

@@ -1,8 +1,9 @@
 import numpy as np
 import pytest
 
-from engine.data import parquet_io, schema
+from engine.data.canonical import parquet_io, schema
 from engine.errors import InputError
+from engine.files import atomic_path
 from tests.events import synthetic_events
 
 
@@ -107,7 +108,7 @@ def test_events_table_names_the_column_out_of_range():
 
 def test_fatjet_pid_out_of_int32_range():
     import awkward as ak
-    from engine.data.synthetic import synthetic_fatjets
+    from engine.data.generation.synthetic import synthetic_fatjets
 
     jets = synthetic_fatjets("qcd", 5, seed=1)
     c = jets.constituents
@@ -130,7 +131,7 @@ def test_atomic_path_removes_only_dead_writers_temporaries(tmp_path):
              tmp_path / f".x.parquet.tmp-{dead}-another_host-ab12"]
     for path in stale + alive:
         path.write_bytes(b"half")
-    with parquet_io.atomic_path(final) as first, parquet_io.atomic_path(final) as second:
+    with atomic_path(final) as first, atomic_path(final) as second:
         assert first != second and first.name.startswith(".x.parquet.tmp-")
         first.write_text("1")
         second.write_text("2")
@@ -138,5 +139,5 @@ def test_atomic_path_removes_only_dead_writers_temporaries(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([final.name] + [p.name for p in alive])
     (tmp_path / "folder.parquet").mkdir()
     with pytest.raises(InputError, match="is a folder"):
-        with parquet_io.atomic_path(tmp_path / "folder.parquet"):
+        with atomic_path(tmp_path / "folder.parquet"):
             pass

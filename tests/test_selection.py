@@ -2,7 +2,7 @@ import awkward as ak
 import numpy as np
 import pytest
 
-from engine.data import selection
+from engine.data.canonical import selection
 from engine.errors import InputError
 from tests.events import synthetic_events
 

@@ -15,7 +15,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from engine.data import encoding, objects, parquet_io, schema, shards, synthetic
+from engine.data import objects, shards
+from engine.data.canonical import parquet_io, schema
+from engine.data.generation import synthetic
+from engine.data.shards import encoding
+from engine.data.shards.manifest import MEMBER_EXT
+from engine.data.shards.writer import plan_splits
 from engine.errors import InputError
 
 N_PER_CLASS = 500
@@ -50,7 +55,7 @@ def _split_blocks(root, split):
 def _expected_rows(inputs_folder, split, seed, **kw):
     inputs = shards.read_inputs([inputs_folder])
     opts = shards.ShardOptions(seed=seed, **kw)
-    plan = shards.plan_splits(inputs.table.column("label").to_numpy(), len(inputs.class_names), opts)
+    plan = plan_splits(inputs.table.column("label").to_numpy(), len(inputs.class_names), opts)
     return inputs.table.take(pa.array(plan[split]))
 
 
@@ -126,7 +131,7 @@ def test_index_matches_dali_wds2idx_and_webdataset_reads_shards(event_shards, tm
         creator.create_index()
     assert (tmp_path / "x.idx").read_text() == tar.with_suffix(".idx").read_text()
     samples = list(wds.WebDataset(str(tar), shardshuffle=False))
-    assert [s[shards.MEMBER_EXT] for s in samples] == _read_members(tar)
+    assert [s[MEMBER_EXT] for s in samples] == _read_members(tar)
 
 
 def test_same_seed_same_bytes_other_seed_differs(event_inputs, event_shards, tmp_path):

@@ -11,9 +11,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from engine.data.convert import (DEFAULT_STEP_SIZE, FORMATS, ConvertResult, Failure, convert_all,
-                                 plan_jobs)
-from engine.data.selection import PRESETS, load_selection
+from engine.data.canonical.selection import PRESETS, load_selection
+from engine.data.conversion.convert import (DEFAULT_STEP_SIZE, FORMATS, ConvertResult, Failure, convert_all,
+                                            plan_jobs)
 from engine.errors import EXIT_BAD_INPUT
 
 

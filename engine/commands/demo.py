@@ -20,8 +20,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.data.parquet_io import atomic_path
 from engine.errors import InputError
+from engine.files import atomic_path
 
 CLASSES = ("ttbar", "wjets", "dy")
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -97,7 +97,7 @@ def read_settings(out: Path, settings: dict) -> bool:
 
 
 def _generated(out: Path, index: int, settings: dict) -> bool:
-    from engine.data.parquet_io import open_parquet
+    from engine.data.canonical.parquet_io import open_parquet
     name, path = CLASSES[index], out / "parquet" / f"{CLASSES[index]}.parquet"
     if not path.is_file():
         return False

@@ -5,11 +5,11 @@ import argparse
 from pathlib import Path
 
 from engine.config import from_dict, load_yaml
-from engine.data.detector import DetectorConfig
-from engine.data.parquet_io import writable_folder
-from engine.data.processes import PROCESSES, check_energy, get_process
-from engine.data.selection import load_selection
+from engine.data.canonical.selection import load_selection
+from engine.data.generation.detector import DetectorConfig
+from engine.data.generation.processes import PROCESSES, check_energy, get_process
 from engine.errors import InputError
+from engine.files import writable_folder
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from engine.data.generate import format_summary, generate
+    from engine.data.generation.generate import format_summary, generate
 
     job = build_job(args)
     out = writable_folder(Path(args.out))
@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
 
 def build_job(args: argparse.Namespace):
     """Validate the options into a GenerateJob (InputError on anything wrong)."""
-    from engine.data.generate import GenerateJob
+    from engine.data.generation.generate import GenerateJob
 
     process = get_process(args.process)
     if args.events <= 0:

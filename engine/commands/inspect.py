@@ -18,7 +18,7 @@ def add_arguments(parser) -> None:
 
 
 def _is_shard_dir(path: Path) -> bool:
-    from engine.data.shards import TEMPORARY          # a killed `shard` run's folder is refused there
+    from engine.data.shards.manifest import TEMPORARY       # a killed `shard` run's folder is refused there
     return (path / "manifest.json").is_file() or (path.parent / "manifest.json").is_file() \
         or any(path.glob("*.tar")) or bool(TEMPORARY.fullmatch(path.name))
 
@@ -27,11 +27,11 @@ def run(args) -> int:
     path = Path(args.path)
     problems = []
     if path.is_dir() and _is_shard_dir(path):
-        from engine.data.shard_inspect import format_inspection, inspect_shards
+        from engine.data.shards.inspect import format_inspection, inspect_shards
         summary = inspect_shards(path)
         text, problems = format_inspection(summary), summary["problems"]
     else:
-        from engine.data.summary import format_summary, summarize
+        from engine.data.canonical.summary import format_summary, summarize
         summary = summarize(path)
         text = format_summary(summary)
     print(json.dumps(summary, indent=2, sort_keys=True) if args.json else text)

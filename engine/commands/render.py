@@ -22,9 +22,10 @@ import pyarrow as pa
 import torch
 
 from engine.data import objects
-from engine.data.parquet_io import atomic_path, iter_batches, list_parquet, open_parquet
+from engine.data.canonical.parquet_io import iter_batches, list_parquet, open_parquet
 from engine.data.shards import is_shard_path, locate_split
 from engine.errors import InputError
+from engine.files import atomic_path
 from engine.render import render_events, render_jets
 from kernels.presets import PRESETS, RenderConfig, preset
 

@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from engine.data.parquet_io import atomic_path
 from engine.errors import InputError
+from engine.files import atomic_path
 from engine.models.cnn import TimmNet
 
 CHECKPOINT_NAMES = ("model.safetensors", "pytorch_model.bin", "model.pt", "model.pth")

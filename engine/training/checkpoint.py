@@ -22,8 +22,8 @@ from pathlib import Path
 
 import yaml
 
-from engine.data.parquet_io import atomic_path
 from engine.errors import InputError
+from engine.files import atomic_path
 
 KEEP_CHECKPOINTS = 2
 NAME = re.compile(r"step_\d{7}")

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from engine.data.parquet_io import atomic_path
+from engine.files import atomic_path
 
 
 def gbt_features(batch: dict) -> np.ndarray:
@@ -50,9 +50,9 @@ def _finished_run(cfg, config: dict) -> dict | None:
 def train_gbt(cfg) -> dict:
     """Fit on the train split (one process), report validation metrics, save gbt.pkl."""
     from sklearn.ensemble import HistGradientBoostingClassifier
+    from engine.config import to_dict
     from engine.data.shards import load_manifest
     from engine.train import make_loaders
-    from engine.config import to_dict
     from engine.training.checkpoint import write_run_info
     from engine.training.metrics import classification_metrics
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from engine.data.parquet_io import atomic_path
+from engine.files import atomic_path
 
 COLUMNS = ["step", "epoch", "split", "loss", "accuracy", "lr", "images_per_s", "seconds"]
 

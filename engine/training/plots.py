@@ -14,7 +14,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from engine.data.parquet_io import atomic_path  # noqa: E402
+from engine.files import atomic_path  # noqa: E402
 from engine.training.metrics import roc_auc, roc_curve  # noqa: E402
 
 

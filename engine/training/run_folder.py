@@ -26,8 +26,8 @@ from pathlib import Path
 import yaml
 
 from engine.config import to_dict
-from engine.data.parquet_io import atomic_path
 from engine.errors import InputError
+from engine.files import atomic_path
 from engine.training.checkpoint import latest_checkpoint
 
 CONFIG = "config.yaml"

@@ -2,12 +2,13 @@
 
 Formats: `nanoaod` (CMS NanoAOD-style ROOT, tree `Events`), `delphes` (ROOT, tree `Delphes`),
 `json` (the 2017 study's JSON); `auto` looks at the file's first bytes and, for ROOT, its trees.
-The readers (engine.data.readers_root / readers_json) yield awkward event records in chunks of
-`step_size` events; each chunk goes through the selection, `events_table`, a finiteness check,
-and a `ParquetSink`, so memory is bounded by the chunk size and a failed file leaves nothing.
+The readers (engine.data.conversion.readers_root / readers_json) yield awkward event records in
+chunks of `step_size` events; each chunk goes through the selection, `events_table`, a finiteness
+check, and a `ParquetSink`, so memory is bounded by the chunk size and a failed file leaves nothing.
 
 Selection: object identification and isolation (the objects' `good` flag, see the readers), then
-`engine.data.selection.apply_selection`; with the `none` selection every event and object is kept.
+`engine.data.canonical.selection.apply_selection`; with the `none` selection every event and object
+is kept.
 
 Many inputs: every input is opened and checked first (existence, format, tree, branches,
 truncation), then converted, in `workers` processes. A bad input stops the run with an
@@ -40,15 +41,15 @@ import awkward as ak
 import numpy as np
 
 from engine.config import to_dict
-from engine.data.parquet_io import (TMP_MARK, ParquetSink, atomic_path, check_finite, private_folder,
-                                    remove_stale, writable_folder)
-from engine.data.readers_json import JsonReader
-from engine.data.jagged import keep_objects, record_parts
-from engine.data.readers_root import (DELPHES_TREE, NANOAOD_TREE, DelphesReader, NanoAODReader, open_tree,
-                                      tree_names)
-from engine.data.schema import ValueRangeError, events_table
-from engine.data.selection import PRESETS, SelectionConfig, event_mask
+from engine.data.canonical.parquet_io import ParquetSink, check_finite
+from engine.data.canonical.schema import ValueRangeError, events_table
+from engine.data.canonical.selection import PRESETS, SelectionConfig, event_mask
+from engine.data.conversion.jagged import keep_objects, record_parts
+from engine.data.conversion.readers_json import JsonReader
+from engine.data.conversion.readers_root import (DELPHES_TREE, NANOAOD_TREE, DelphesReader, NanoAODReader,
+                                                 open_tree, tree_names)
 from engine.errors import InputError
+from engine.files import TMP_MARK, atomic_path, private_folder, remove_stale, writable_folder
 
 FORMATS = ("auto", "nanoaod", "delphes", "json")
 READERS = {"nanoaod": NanoAODReader, "delphes": DelphesReader, "json": JsonReader}
@@ -126,7 +127,7 @@ def select(events: ak.Array, cfg: SelectionConfig) -> ak.Array:
     """Keep objects that pass identification/isolation (`good`) and the object windows of `cfg`,
     then the events that pass its count cuts. `none` keeps everything.
 
-    The windows are those of engine.data.selection.select_objects, applied on flat numpy
+    The windows are those of engine.data.canonical.selection.select_objects, applied on flat numpy
     arrays in one pass per collection (tests check both give the same events).
     """
     if cfg.name == "none":

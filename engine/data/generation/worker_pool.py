@@ -12,11 +12,11 @@ import traceback
 from pathlib import Path
 from typing import Callable
 
-from engine.data.parquet_io import private_folder
 from engine.errors import InputError
+from engine.files import private_folder
 
 Work = Callable[..., dict]
-"""`work(job, worker, quota, part_path, report) -> result`, e.g. engine.data.generate.run_worker."""
+"""`work(job, worker, quota, part_path, report) -> result`, e.g. engine.data.generation.generate.run_worker."""
 
 
 def parts_folder(out_dir: Path, process: str):

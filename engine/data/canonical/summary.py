@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from engine.data import parquet_io
+from engine.data.canonical import parquet_io
 
 EVENT_COLLECTIONS = ("electrons", "muons", "jets")
 

@@ -13,10 +13,6 @@ existed still read (their pages are then not verified).
 from __future__ import annotations
 
 import json
-import os
-import secrets
-import shutil
-import socket
 import zlib
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,119 +23,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from engine.data import schema as sch
+from engine.data.canonical import schema
 from engine.errors import InputError
+from engine.files import atomic_path
 
 CHECK_KEY = b"engine_check"
 """File metadata key: JSON {"engine_crc32": CRC-32 of the `engine` document, "row_groups": [rows...]}."""
-TMP_MARK = ".tmp-"
 READ_ERRORS = (OSError, pa.ArrowException, ValueError, EOFError)
-
-
-@contextmanager
-def atomic_path(final: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside `final`; rename it to `final` on success, delete it on error.
-
-    The temporary name is hidden and unique to this call (`private_name`), so temporaries of
-    `final` whose writer is gone (a killed run) are recognised and removed here first.
-    """
-    final = Path(final)
-    if final.is_dir():
-        raise InputError(final, "is a folder: cannot be replaced by the file to write there")
-    final.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale(final.parent, f".{final.name}{TMP_MARK}")
-    tmp = final.with_name(private_name(f".{final.name}{TMP_MARK}"))
-    try:
-        yield tmp
-        os.replace(tmp, final)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-_MADE: set[str] = set()
-"""Names `private_name` gave out in this process: an entry with this process's pid and another name
-was left by an earlier process that had the same pid (a killed run before a restart)."""
-
-
-def private_name(prefix: str) -> str:
-    """`prefix<pid>-<host>-<random>`: a name no other writer uses, telling who made it."""
-    name = f"{prefix}{os.getpid()}-{_host()}-{secrets.token_hex(4)}"
-    _MADE.add(name)
-    return name
-
-
-def remove_stale(folder: Path, prefix: str) -> list[Path]:
-    """Delete the entries of `folder` that `private_name(prefix)` made (or `prefix<pid>` alone, the
-    older form) for a process of this host that no longer runs (a killed writer). Another host's
-    entries, and those of running processes, are left alone. Returns the entries removed."""
-    removed = []
-    for entry in (folder.glob(f"{_glob_escape(prefix)}*") if folder.is_dir() else ()):
-        pid, _, rest = entry.name[len(prefix):].partition("-")
-        host = rest.rpartition("-")[0] if rest.count("-") else ""
-        if pid.isdigit() and host in ("", _host()) and _stale(int(pid), entry.name):
-            _remove(entry)
-            removed.append(entry)
-    return removed
-
-
-@contextmanager
-def private_folder(parent: Path, prefix: str) -> Iterator[Path]:
-    """A new hidden folder `parent/private_name(prefix)` for one run's intermediate files (readers
-    never list hidden folders), removed at the end whatever happens; folders of the same prefix
-    that killed runs left are removed first."""
-    remove_stale(parent, prefix)
-    folder = parent / private_name(prefix)
-    folder.mkdir()
-    try:
-        yield folder
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-def _stale(pid: int, name: str) -> bool:
-    if pid == os.getpid():
-        return name not in _MADE
-    return not _process_alive(pid)
-
-
-def _host() -> str:
-    return "".join(c if c.isalnum() else "_" for c in socket.gethostname()) or "host"
-
-
-def _glob_escape(text: str) -> str:
-    return "".join(f"[{c}]" if c in "*?[" else c for c in text)
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, another user's
-        pass
-    return True
-
-
-def _remove(entry: Path) -> None:
-    if entry.is_dir() and not entry.is_symlink():
-        shutil.rmtree(entry, ignore_errors=True)
-    else:
-        entry.unlink(missing_ok=True)
-
-
-def writable_folder(path: str | Path, option: str = "--out") -> Path:
-    """Create folder `path` if needed; InputError naming it if it cannot be created or written."""
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise InputError(path, f"{option} exists and is not a folder")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InputError(path, f"cannot create the {option} folder ({exc.strerror or exc})") from None
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise InputError(path, f"cannot write into the {option} folder (permission denied)")
-    return path
 
 
 class ParquetSink:
@@ -150,7 +40,8 @@ class ParquetSink:
 
     def __init__(self, path: str | Path, kind: str, class_names: list[str], provenance: dict):
         self.path = Path(path)
-        self.schema = sch.schema_for(kind).with_metadata(sch.make_metadata(kind, class_names, provenance))
+        metadata = schema.make_metadata(kind, class_names, provenance)
+        self.schema = schema.schema_for(kind).with_metadata(metadata)
         self.rows = 0
         self._row_groups: list[int] = []
         self._ctx = atomic_path(self.path)
@@ -170,16 +61,16 @@ class ParquetSink:
 
     def write(self, table: pa.Table) -> None:
         self._writer.write_table(table.replace_schema_metadata(self.schema.metadata),
-                                 row_group_size=sch.ROW_GROUP_ROWS)
-        full, rest = divmod(table.num_rows, sch.ROW_GROUP_ROWS)
-        self._row_groups += [sch.ROW_GROUP_ROWS] * full + ([rest] if rest else [])
+                                 row_group_size=schema.ROW_GROUP_ROWS)
+        full, rest = divmod(table.num_rows, schema.ROW_GROUP_ROWS)
+        self._row_groups += [schema.ROW_GROUP_ROWS] * full + ([rest] if rest else [])
         self.rows += table.num_rows
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         try:
             if exc_type is None:
                 self._writer.add_key_value_metadata({CHECK_KEY: _check_document(
-                    self.schema.metadata[sch.METADATA_KEY], self._row_groups)})
+                    self.schema.metadata[schema.METADATA_KEY], self._row_groups)})
         finally:
             self._writer.close()
         return self._ctx.__exit__(exc_type, exc, tb)
@@ -260,17 +151,19 @@ def open_parquet(path: str | Path) -> tuple[CheckedParquetFile, dict]:
     pf = CheckedParquetFile(path)
     raw = pf.schema_arrow.metadata or {}
     try:
-        meta = sch.parse_metadata(raw)
+        meta = schema.parse_metadata(raw)
     except (ValueError, UnicodeDecodeError):
         raise InputError(path, "corrupt engine metadata (not valid JSON)") from None
     if meta is None:
         raise InputError(path, "Parquet file has no engine metadata (not written by this engine)")
-    if not isinstance(meta, dict) or meta.get("schema_version") != sch.SCHEMA_VERSION:
+    if not isinstance(meta, dict) or meta.get("schema_version") != schema.SCHEMA_VERSION:
         version = meta.get("schema_version") if isinstance(meta, dict) else None
-        raise InputError(path, f"schema version {version} (this engine reads version {sch.SCHEMA_VERSION})")
+        raise InputError(path, f"schema version {version} "
+                               f"(this engine reads version {schema.SCHEMA_VERSION})")
     footer = pf.metadata.metadata or {}
     if CHECK_KEY in footer:
-        _verify_check(pf, footer[CHECK_KEY], [raw[sch.METADATA_KEY], footer.get(sch.METADATA_KEY)], path)
+        _verify_check(pf, footer[CHECK_KEY],
+                      [raw[schema.METADATA_KEY], footer.get(schema.METADATA_KEY)], path)
     _verify_schema(pf, meta, path)
     return pf, meta
 
@@ -293,17 +186,17 @@ def _verify_check(pf: pq.ParquetFile, check_doc: bytes, engine_docs: list[bytes 
 
 def _verify_schema(pf: pq.ParquetFile, meta: dict, path: str | Path) -> None:
     kind = meta.get("kind")
-    if kind not in sch.KINDS:
+    if kind not in schema.KINDS:
         raise InputError(path, f"unknown kind {kind!r} in the engine metadata")
     if not isinstance(meta.get("class_names"), list):
         raise InputError(path, "engine metadata has no list of class names")
-    if not pf.schema_arrow.remove_metadata().equals(sch.schema_for(kind)):
+    if not pf.schema_arrow.remove_metadata().equals(schema.schema_for(kind)):
         raise InputError(path, f"columns do not have the canonical types of '{kind}' files "
                                f"(corrupt footer or foreign file)")
 
 
 def iter_batches(path: str | Path, columns: list[str] | None = None,
-                 batch_rows: int = sch.ROW_GROUP_ROWS) -> Iterator[pa.RecordBatch]:
+                 batch_rows: int = schema.ROW_GROUP_ROWS) -> Iterator[pa.RecordBatch]:
     """Stream record batches of only `columns` from one canonical file."""
     pf, _ = open_parquet(path)
     yield from pf.iter_batches(batch_size=batch_rows, columns=columns)

@@ -1,8 +1,9 @@
 """DALI backend of the loader (`loader.backend: dali`): `fn.readers.webdataset` reads the blocks.
 
 The reader yields whole tar members (one block of events each) using the index files written by
-`shard`; blocks are decoded and padded in numpy after the pipeline (engine.data.encoding), then
-batched and shuffled in windows exactly like the torch backend (engine.data.loader.window_batches).
+`shard`; blocks are decoded and padded in numpy after the pipeline (engine.data.shards.encoding),
+then batched and shuffled in windows exactly like the torch backend
+(engine.data.loader.batching.window_batches).
 The pipeline runs on the CPU (device_id=None) on machines without a GPU, and is bound to the
 current CUDA device when there is one (the reader itself is a CPU operator).
 
@@ -20,27 +21,19 @@ from typing import Iterator
 
 import numpy as np
 
-from engine.data import encoding, shards
+from engine.data.loader.base import Batch, LoaderConfig, StreamLoader
+from engine.data.loader.batching import window_batches
+from engine.data.loader.plan import dali_shard_blocks, dali_shard_events
+from engine.data.shards import encoding
+from engine.data.shards.manifest import MEMBER_EXT
+from engine.data.shards.reader import ShardInfo, SplitData, decode_member
 from engine.errors import InputError
-from engine.data.loader import Batch, LoaderConfig, StreamLoader, window_batches
-
-
-def dali_shard_events(block_events: np.ndarray, world: int) -> np.ndarray:
-    """Events in each of DALI's `world` shards of the blocks (DALI's floor split by count)."""
-    n = len(block_events)
-    cum = np.concatenate([[0], np.cumsum(block_events)])
-    bounds = [s * n // world for s in range(world + 1)]
-    return np.array([cum[bounds[s + 1]] - cum[bounds[s]] for s in range(world)], np.int64)
-
-
-def dali_shard_blocks(n_blocks: int, world: int, shard: int) -> int:
-    return (shard + 1) * n_blocks // world - shard * n_blocks // world
 
 
 class DaliLoader(StreamLoader):
     """Same public API as the torch backend (see engine.data.loader)."""
 
-    def __init__(self, data: shards.SplitData, cfg: LoaderConfig, rank: int, world_size: int):
+    def __init__(self, data: SplitData, cfg: LoaderConfig, rank: int, world_size: int):
         if cfg.max_events:
             raise InputError("loader.max_events", "a subset of the split needs the torch backend "
                                                   "(DALI's reader shards by whole samples)")
@@ -80,7 +73,7 @@ class DaliLoader(StreamLoader):
         @pipeline_def
         def read_blocks():
             return fn.readers.webdataset(
-                paths=paths, index_paths=index_paths, ext=[shards.MEMBER_EXT], dtypes=[types.UINT8],
+                paths=paths, index_paths=index_paths, ext=[MEMBER_EXT], dtypes=[types.UINT8],
                 num_shards=self.world_size, shard_id=shard, random_shuffle=cfg.shuffle,
                 initial_fill=cfg.dali_initial_fill, pad_last_batch=True, stick_to_shard=True,
                 seed=_seed(cfg.seed, self.epoch, shard), name="Reader")
@@ -140,8 +133,8 @@ def _seed(seed: int, epoch: int, shard: int) -> int:
 class _Decode:
     """Decodes the bytes of member j of a shard (checked like the torch backend's blocks)."""
 
-    def __init__(self, data: np.ndarray, shard: shards.ShardInfo, j: int, n_classes: int):
+    def __init__(self, data: np.ndarray, shard: ShardInfo, j: int, n_classes: int):
         self.data, self.shard, self.j, self.n_classes = data, shard, j, n_classes
 
     def __call__(self) -> encoding.Block:
-        return shards.decode_member(memoryview(self.data), self.shard, self.j, self.n_classes)
+        return decode_member(memoryview(self.data), self.shard, self.j, self.n_classes)

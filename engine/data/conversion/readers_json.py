@@ -22,7 +22,7 @@ from typing import Iterator
 import awkward as ak
 import numpy as np
 
-from engine.data.readers_root import ELECTRON_MASS_GEV, MUON_MASS_GEV
+from engine.data.conversion.readers_root import ELECTRON_MASS_GEV, MUON_MASS_GEV
 from engine.errors import InputError
 
 CSV_MEDIUM_WP = 0.679
@@ -87,7 +87,7 @@ def _load(path: Path) -> dict:
 
 
 def _to_events(path: Path, data: dict) -> ak.Array:
-    """Event records (see engine.data.readers_root) from the parsed JSON object."""
+    """Event records (see engine.data.conversion.readers_root) from the parsed JSON object."""
     try:
         numbers = np.array(list(data.keys()), dtype=np.int64)
     except (ValueError, OverflowError):

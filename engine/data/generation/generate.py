@@ -2,8 +2,8 @@
 
 Generation is per event by nature, but everything after it is columnar: each worker asks Pythia
 for a batch of events at once (`Pythia.nextBatch`, an awkward array of particles), applies the
-detector response (`engine.data.detector`) and clusters all events of the batch in one FastJet
-call (its awkward interface, about twice as fast as a list of PseudoJets per event).
+detector response (`engine.data.generation.detector`) and clusters all events of the batch in
+one FastJet call (its awkward interface, about twice as fast as a list of PseudoJets per event).
 
 Parallelism: W worker processes, each with its own Pythia seeded from (seed, worker index), each
 producing a fixed share of the N accepted rows; shares are written to part files and joined in
@@ -25,13 +25,15 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from engine.config import to_dict
-from engine.data import detector as det
-from engine.data.parquet_io import ParquetSink, writable_folder
-from engine.data.processes import Process, get_process, make_pythia, stdout_silenced
-from engine.data.schema import events_table, fatjets_table
-from engine.data.selection import SelectionConfig, apply_selection, fatjet_mask
-from engine.data.worker_pool import parts_folder, run_workers
+from engine.data.canonical.parquet_io import ParquetSink
+from engine.data.canonical.schema import events_table, fatjets_table
+from engine.data.canonical.selection import SelectionConfig, apply_selection, fatjet_mask
+from engine.data.generation import detector
+from engine.data.generation.detector import DetectorConfig
+from engine.data.generation.processes import Process, get_process, make_pythia, stdout_silenced
+from engine.data.generation.worker_pool import parts_folder, run_workers
 from engine.errors import InputError
+from engine.files import writable_folder
 
 MAX_BATCH_EVENTS = 200
 """Pythia events per nextBatch call (bounded so memory and progress stay smooth)."""
@@ -48,7 +50,7 @@ class GenerateJob:
     seed: int
     workers: int
     selection: SelectionConfig
-    detector: det.DetectorConfig
+    detector: DetectorConfig
 
 
 # ---------------------------------------------------------------- seeds and shares
@@ -96,7 +98,7 @@ def batch_particles(batch: ak.Array, charge_of: Callable[[np.ndarray], np.ndarra
     flat = {name: ak.to_numpy(ak.flatten(prt[name])) for name in ("id", "status", "mother1", "daughter1",
                                                                  "daughter2")}
     mom = {name: ak.to_numpy(ak.flatten(prt.p[name])).astype(np.float64) for name in ("px", "py", "pz", "e")}
-    pt, eta, phi, _ = det.kinematics(mom["px"], mom["py"], mom["pz"], mom["e"])
+    pt, eta, phi, _ = detector.kinematics(mom["px"], mom["py"], mom["pz"], mom["e"])
     flat.update(mom, pt=pt, eta=eta, phi=phi, mass=ak.to_numpy(ak.flatten(prt.m)),
                 charge=charge_of(flat["id"]), gidx=np.arange(len(pt)),
                 index=np.arange(len(pt)) - starts)
@@ -109,8 +111,8 @@ def batch_particles(batch: ak.Array, charge_of: Callable[[np.ndarray], np.ndarra
     return particles, flat, counts
 
 
-def _visible(flat: dict, cfg: det.DetectorConfig) -> np.ndarray:
-    neutrino = np.isin(np.abs(flat["id"]), det.NEUTRINOS)
+def _visible(flat: dict, cfg: DetectorConfig) -> np.ndarray:
+    neutrino = np.isin(np.abs(flat["id"]), detector.NEUTRINOS)
     return (flat["status"] > 0) & ~neutrino & (np.abs(flat["eta"]) < cfg.jets.abs_eta_max)
 
 
@@ -121,22 +123,22 @@ def _jagged(mask: np.ndarray, counts: np.ndarray) -> ak.Array:
 # ---------------------------------------------------------------- events
 
 def reconstruct_events(particles: ak.Array, flat: dict, counts: np.ndarray,
-                       cfg: det.DetectorConfig, rng: np.random.Generator) -> ak.Array:
+                       cfg: DetectorConfig, rng: np.random.Generator) -> ak.Array:
     """Detector-level events (E,) with met_pt, met_phi, electrons, muons, jets (unselected)."""
     visible = _visible(flat, cfg)
     leptons = _reconstruct_leptons(particles, flat, counts, visible, cfg.leptons, rng)
     jet_inputs = visible.copy()
     jet_inputs[ak.to_numpy(ak.flatten(leptons.gidx))] = False
     jets = _reconstruct_jets(particles[_jagged(jet_inputs, counts)], cfg.jets, rng)
-    is_b = det.weakly_decaying(det.heavy_flavour(flat["id"], 5), flat["mother"])
-    is_c = det.weakly_decaying(det.heavy_flavour(flat["id"], 4), flat["mother"])
-    flavour = det.jet_flavour(jets, particles[_jagged(is_b, counts)], particles[_jagged(is_c, counts)],
+    is_b = detector.weakly_decaying(detector.heavy_flavour(flat["id"], 5), flat["mother"])
+    is_c = detector.weakly_decaying(detector.heavy_flavour(flat["id"], 4), flat["mother"])
+    flavour = detector.jet_flavour(jets, particles[_jagged(is_b, counts)], particles[_jagged(is_c, counts)],
                               cfg.btag.match_dr)
-    btag = det.btag_discriminant(ak.to_numpy(ak.flatten(flavour)), cfg.btag, rng)
+    btag = detector.btag_discriminant(ak.to_numpy(ak.flatten(flavour)), cfg.btag, rng)
     jets = ak.with_field(jets, ak.unflatten(btag, ak.num(jets, axis=1)), "btag")
     jets = ak.with_field(jets, jets.btag > cfg.btag.working_point, "btagged")
     seen = particles[_jagged(visible, counts)]
-    met_pt, met_phi = det.missing_et(seen.px, seen.py, cfg.met, rng)
+    met_pt, met_phi = detector.missing_et(seen.px, seen.py, cfg.met, rng)
     lepton_fields = ("pt", "eta", "phi", "mass", "charge")
     electrons = leptons[abs(leptons.id) == 11]
     muons = leptons[abs(leptons.id) == 13]
@@ -148,37 +150,39 @@ def reconstruct_events(particles: ak.Array, flat: dict, counts: np.ndarray,
     }, depth_limit=1)
 
 
-def _reconstruct_leptons(particles, flat, counts, visible, cfg: det.LeptonConfig, rng) -> ak.Array:
+def _reconstruct_leptons(particles, flat, counts, visible, cfg: detector.LeptonConfig, rng) -> ak.Array:
     """Isolated, efficient, smeared electrons and muons (jagged records, with id and gidx)."""
     aid = np.abs(flat["id"])
     candidate = ((flat["status"] > 0) & ((aid == 11) | (aid == 13))
                  & (flat["pt"] > cfg.pt_min_gev) & (np.abs(flat["eta"]) < cfg.abs_eta_max))
     leptons = particles[_jagged(candidate, counts)]
-    isolated = det.relative_isolation(leptons, particles[_jagged(visible, counts)],
+    isolated = detector.relative_isolation(leptons, particles[_jagged(visible, counts)],
                                       cfg.isolation_cone) < cfg.isolation_max
     is_e = abs(leptons.id) == 11
-    found = det.efficiency_mask(leptons, ak.where(is_e, cfg.electron_efficiency, cfg.muon_efficiency), rng)
+    efficiency = ak.where(is_e, cfg.electron_efficiency, cfg.muon_efficiency)
+    found = detector.efficiency_mask(leptons, efficiency, rng)
     leptons = leptons[isolated & found]
     is_e = ak.to_numpy(ak.flatten(abs(leptons.id) == 11))
     rel = np.where(is_e, cfg.electron_pt_resolution, cfg.muon_pt_resolution)
-    factor = ak.unflatten(det.smear_factor(rel, rng), ak.num(leptons, axis=1))
+    factor = ak.unflatten(detector.smear_factor(rel, rng), ak.num(leptons, axis=1))
     return ak.with_field(leptons, leptons.pt * factor, "pt")
 
 
-def _reconstruct_jets(inputs: ak.Array, cfg: det.JetConfig, rng) -> ak.Array:
+def _reconstruct_jets(inputs: ak.Array, cfg: detector.JetConfig, rng) -> ak.Array:
     """Anti-kt jets of the inputs, energy-smeared, above cfg.pt_min_gev: jagged pt/eta/phi/mass."""
     raw = _cluster(ak.zip({"px": inputs.px, "py": inputs.py, "pz": inputs.pz, "E": inputs.e}),
                    cfg.radius, 0.5 * cfg.pt_min_gev)
     n = ak.num(raw, axis=1)
-    pt, eta, phi, mass = det.kinematics(*(ak.to_numpy(ak.flatten(raw[c])) for c in ("px", "py", "pz", "E")))
-    factor = det.smear_factor(det.jet_resolution(pt, cfg), rng)
+    pt, eta, phi, mass = detector.kinematics(*(ak.to_numpy(ak.flatten(raw[c]))
+                                               for c in ("px", "py", "pz", "E")))
+    factor = detector.smear_factor(detector.jet_resolution(pt, cfg), rng)
     jets = ak.unflatten(ak.zip({"pt": pt * factor, "eta": eta, "phi": phi, "mass": mass * factor}), n)
     return jets[jets.pt > cfg.pt_min_gev]
 
 
 # ---------------------------------------------------------------- large-radius jets
 
-def reconstruct_fatjets(particles: ak.Array, flat: dict, counts: np.ndarray, cfg: det.DetectorConfig,
+def reconstruct_fatjets(particles: ak.Array, flat: dict, counts: np.ndarray, cfg: DetectorConfig,
                         selection: SelectionConfig, require_higgs: bool) -> ak.Array:
     """Large-radius jets passing the selection, flattened over events: (J,) records with
     `ibatch` (event in the batch), fatjet {pt, eta, phi, mass}, constituents [{pt, eta, phi, charge, pid}].
@@ -187,7 +191,8 @@ def reconstruct_fatjets(particles: ak.Array, flat: dict, counts: np.ndarray, cfg
     seen = particles[_jagged(visible, counts)]
     raw, cidx = _cluster(ak.zip({"px": seen.px, "py": seen.py, "pz": seen.pz, "E": seen.e}),
                          cfg.fatjets.radius, cfg.fatjets.pt_min_gev, with_constituents=True)
-    pt, eta, phi, mass = det.kinematics(*(ak.to_numpy(ak.flatten(raw[c])) for c in ("px", "py", "pz", "E")))
+    pt, eta, phi, mass = detector.kinematics(*(ak.to_numpy(ak.flatten(raw[c]))
+                                               for c in ("px", "py", "pz", "E")))
     n_jets = ak.to_numpy(ak.num(raw, axis=1))
     fat = ak.unflatten(ak.zip({"pt": pt, "eta": eta, "phi": phi, "mass": mass}), n_jets)
     keep = fatjet_mask(pt, eta, selection)
@@ -219,9 +224,9 @@ def _higgs_matched(fat: ak.Array, particles, flat, counts, match_dr: float) -> a
                 "eta2": flat["eta"][second], "phi2": flat["phi"][second]})
     higgs = ak.unflatten(h, counts)[_jagged(is_h, counts)]
     jet, hb = ak.unzip(ak.cartesian([fat, higgs], axis=1, nested=True))
-    near = ((det.delta_r(jet.eta, jet.phi, hb.eta, hb.phi) < match_dr)
-            & (det.delta_r(jet.eta, jet.phi, hb.eta1, hb.phi1) < match_dr)
-            & (det.delta_r(jet.eta, jet.phi, hb.eta2, hb.phi2) < match_dr))
+    near = ((detector.delta_r(jet.eta, jet.phi, hb.eta, hb.phi) < match_dr)
+            & (detector.delta_r(jet.eta, jet.phi, hb.eta1, hb.phi1) < match_dr)
+            & (detector.delta_r(jet.eta, jet.phi, hb.eta2, hb.phi2) < match_dr))
     return ak.any(near, axis=2)
 
 

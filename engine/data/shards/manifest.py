@@ -1,4 +1,5 @@
-"""Validation of a shard folder's manifest.json (see engine.data.shards for its layout).
+"""The shard folder's names and format constants, and validation of its manifest.json (see
+engine.data.shards for the layout).
 
 `validate_manifest` checks every key the readers use, with its type, and the sums that must agree:
 the events of a split = the sum of its shards' events = the sum of their members' events, and the
@@ -10,9 +11,17 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from engine.data import schema as sch
+from engine.data.canonical import schema
 from engine.errors import InputError
 
+SHARD_FORMAT = "engine-wds-blocks"
+SHARD_FORMAT_VERSION = 1
+TEMPORARY = re.compile(r"\..+\.tmp-\d+(-.+)?")   # the hidden folder `write_shards` writes into
+SPLITS = ("train", "val", "test")
+MEMBER_EXT = "blk"
+MANIFEST = "manifest.json"
+IDENTITY = "identity.parquet"
+IDENTITY_COLUMNS = ("run", "lumi", "event")
 PLAIN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 
 
@@ -31,8 +40,8 @@ def validate_manifest(manifest, source: str | Path) -> None:
 
     if not isinstance(manifest, dict):
         fail("not a JSON object")
-    if manifest.get("kind") not in sch.KINDS:
-        fail(f"'kind' is {manifest.get('kind')!r}, expected one of {', '.join(sch.KINDS)}")
+    if manifest.get("kind") not in schema.KINDS:
+        fail(f"'kind' is {manifest.get('kind')!r}, expected one of {', '.join(schema.KINDS)}")
     names = manifest.get("class_names")
     if not (isinstance(names, list) and names and all(isinstance(n, str) for n in names)
             and len(set(names)) == len(names)):

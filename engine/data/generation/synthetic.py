@@ -12,7 +12,7 @@ from pathlib import Path
 import awkward as ak
 import numpy as np
 
-from engine.data import parquet_io, schema
+from engine.data.canonical import parquet_io, schema
 
 # process: (leptons low, high), (jets low, high), b-tag fraction of jets
 EVENT_PROCESSES = {"ttbar": ((1, 1), (4, 6), 0.35), "wjets": ((1, 1), (1, 3), 0.05),

@@ -4,7 +4,7 @@ Readers are columnar: `tree.iterate` reads only the branches listed below, `step
 at a time, so memory stays bounded whatever the file size; every operation after that is an
 awkward / numpy array operation (no Python loop over events).
 
-Each chunk is an awkward record array with the fields `engine.data.schema.events_table` reads
+Each chunk is an awkward record array with the fields `engine.data.canonical.schema.events_table` reads
 (weight, run, lumi, event, met_pt, met_phi, electrons, muons, jets) plus, on every object, a
 boolean `good`: the object passes the identification and isolation the format provides. The
 converter drops objects with good = False unless the selection is `none`.
@@ -38,7 +38,7 @@ import awkward as ak
 import numpy as np
 import uproot
 
-from engine.data.jagged import first_per_event, jagged_record, list_parts
+from engine.data.conversion.jagged import first_per_event, jagged_record, list_parts
 from engine.errors import InputError
 
 NANOAOD_TREE = "Events"

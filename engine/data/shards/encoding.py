@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
-from engine.data import objects as obj
+from engine.data import objects
 
 FORMAT_VERSION = 1
 MAGIC = b"EVBK"
@@ -101,7 +101,7 @@ def _half(values: np.ndarray, name: str) -> np.ndarray:
 def block_from_events_table(table: pa.Table) -> Block:
     """Block of a canonical event table (labels as stored in the table's `label` column)."""
     n = table.num_rows
-    parts = [obj.list_fields(table, name) for name in ("electrons", "muons", "jets")]
+    parts = [objects.list_fields(table, name) for name in ("electrons", "muons", "jets")]
     per_event = np.stack([c for c, _ in parts] + [np.ones(n, np.int64)])    # (4, n)
     counts = per_event.sum(axis=0)
     starts = np.cumsum(counts) - counts
@@ -109,17 +109,18 @@ def block_from_events_table(table: pa.Table) -> Block:
     cols = {"types": np.zeros(m, np.uint8), "charge": np.zeros(m, np.int8)}
     raw = {k: np.zeros(m, np.float32) for k in ("pt", "eta", "phi", "mass", "btag")}
     before = np.zeros(n, np.int64)
-    for (c, fields), code in zip(parts, (obj.ELECTRON, obj.MUON, obj.JET)):
-        at = np.repeat(starts + before, c) + obj.ranks_within(c)
+    for (c, fields), code in zip(parts, (objects.ELECTRON, objects.MUON, objects.JET)):
+        at = np.repeat(starts + before, c) + objects.ranks_within(c)
         for key in ("pt", "eta", "phi", "mass", "btag"):
             if key in fields:
                 raw[key][at] = fields[key]
         if "charge" in fields:
             cols["charge"][at] = fields["charge"]
-        cols["types"][at] = np.where(fields["btagged"], obj.BJET, obj.JET) if code == obj.JET else code
+        cols["types"][at] = (np.where(fields["btagged"], objects.BJET, objects.JET) if code == objects.JET
+                             else code)
         before += c
     met = starts + counts - 1
-    cols["types"][met] = obj.MET
+    cols["types"][met] = objects.MET
     raw["pt"][met] = table.column("met_pt").to_numpy()
     raw["phi"][met] = table.column("met_phi").to_numpy()
     return _finish_events(cols, raw, counts, table.column("label").to_numpy(),
@@ -145,17 +146,17 @@ def _labels(labels: np.ndarray) -> np.ndarray:
 def block_from_padded(types: np.ndarray, features: np.ndarray, labels: np.ndarray,
                       weights: np.ndarray | None = None) -> Block:
     """Block of padded event arrays (types (B, N) int8, features (B, N, 6) float32, labels (B,))."""
-    real = types != obj.PAD
+    real = types != objects.PAD
     flat = features[real]
-    raw = {key: flat[:, i] for i, key in enumerate(obj.FEATURES) if key != "charge"}
-    cols = {"types": types[real].astype(np.uint8), "charge": flat[:, obj.F_CHARGE].astype(np.int8)}
+    raw = {key: flat[:, i] for i, key in enumerate(objects.FEATURES) if key != "charge"}
+    cols = {"types": types[real].astype(np.uint8), "charge": flat[:, objects.F_CHARGE].astype(np.int8)}
     weights = np.ones(len(types), np.float32) if weights is None else weights
     return _finish_events(cols, raw, real.sum(axis=1), labels, weights)
 
 
 def block_from_fatjets_table(table: pa.Table) -> Block:
     """Block of a canonical large-radius-jet table."""
-    counts, fields = obj.list_fields(table, "constituents")
+    counts, fields = objects.list_fields(table, "constituents")
     pids, index = np.unique(fields["pid"], return_inverse=True)
     if len(pids) > 256:
         raise BlockError(f"{len(pids)} distinct pid values in one block (at most 256)")
@@ -164,7 +165,7 @@ def block_from_fatjets_table(table: pa.Table) -> Block:
             "phi": quantise_phi(fields["phi"]), "labels": _labels(table.column("label").to_numpy()),
             "charge": fields["charge"].astype(np.int8), "pid_index": index.astype(np.uint8)}
     fat = table.column("fatjet").combine_chunks()
-    fatjet = np.stack([fat.field(k).to_numpy(zero_copy_only=False) for k in obj.FATJET_FEATURES], 1)
+    fatjet = np.stack([fat.field(k).to_numpy(zero_copy_only=False) for k in objects.FATJET_FEATURES], 1)
     return Block("fatjets", cols, table.column("weight").to_numpy().astype(np.float32),
                  fatjet=fatjet.astype(np.float32), pids=pids.astype(np.int32), clipped=clipped)
 
@@ -172,7 +173,7 @@ def block_from_fatjets_table(table: pa.Table) -> Block:
 def take(block: Block, rows: np.ndarray) -> Block:
     """A new block of the events `rows` (int array) of `block`."""
     counts = block.columns["counts"].astype(np.int64)[rows]
-    flat = np.repeat(block.offsets[rows], counts) + obj.ranks_within(counts)
+    flat = np.repeat(block.offsets[rows], counts) + objects.ranks_within(counts)
     cols = {k: (v[rows] if k in ("counts", "labels") else v[flat]) for k, v in block.columns.items()}
     fatjet = None if block.fatjet is None else block.fatjet[rows]
     return Block(block.kind, cols, block.weights[rows], fatjet=fatjet, pids=block.pids)
@@ -277,8 +278,8 @@ def batch_shapes(kind: str, rows: int, cap: int) -> dict[str, tuple[tuple[int, .
               "weights": ((rows,), np.float32), "index": ((rows,), np.int64)}
     if kind == "events":
         return {"types": ((rows, cap), np.int8),
-                "features": ((rows, cap, len(obj.FEATURES)), np.float32), **common}
-    return {"constituents": ((rows, cap, len(obj.CONSTITUENT_FEATURES)), np.float32),
+                "features": ((rows, cap, len(objects.FEATURES)), np.float32), **common}
+    return {"constituents": ((rows, cap, len(objects.CONSTITUENT_FEATURES)), np.float32),
             "fatjet": ((rows, 4), np.float32), **common}
 
 
@@ -318,9 +319,9 @@ def pad_into(block: Block, lo: int, hi: int, out: dict[str, np.ndarray], rows: n
     np.multiply(c["eta"][src], np.float32(ETA_STEP), out=values[:, 1])
     np.multiply(c["phi"][src], np.float32(PHI_STEP), out=values[:, 2])
     if events:
-        values[:, obj.F_MASS] = c["mass"][src]
-        values[:, obj.F_BTAG] = c["btag"][src]
-        values[:, obj.F_CHARGE] = c["charge"][src]
+        values[:, objects.F_MASS] = c["mass"][src]
+        values[:, objects.F_BTAG] = c["btag"][src]
+        values[:, objects.F_CHARGE] = c["charge"][src]
         out["types"].reshape(-1)[dest] = c["types"][src]
     else:
         values[:, 3] = c["charge"][src]

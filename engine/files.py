@@ -1,0 +1,124 @@
+"""Files written atomically: a hidden temporary name beside the target, renamed into place when
+complete; temporaries and private folders left by killed writers are recognised and removed.
+
+Dependency-free but for engine.errors, so every layer that writes files can use it.
+"""
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import socket
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from engine.errors import InputError
+
+TMP_MARK = ".tmp-"
+
+
+@contextmanager
+def atomic_path(final: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside `final`; rename it to `final` on success, delete it on error.
+
+    The temporary name is hidden and unique to this call (`private_name`), so temporaries of
+    `final` whose writer is gone (a killed run) are recognised and removed here first.
+    """
+    final = Path(final)
+    if final.is_dir():
+        raise InputError(final, "is a folder: cannot be replaced by the file to write there")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale(final.parent, f".{final.name}{TMP_MARK}")
+    tmp = final.with_name(private_name(f".{final.name}{TMP_MARK}"))
+    try:
+        yield tmp
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+_MADE: set[str] = set()
+"""Names `private_name` gave out in this process: an entry with this process's pid and another name
+was left by an earlier process that had the same pid (a killed run before a restart)."""
+
+
+def private_name(prefix: str) -> str:
+    """`prefix<pid>-<host>-<random>`: a name no other writer uses, telling who made it."""
+    name = f"{prefix}{os.getpid()}-{_host()}-{secrets.token_hex(4)}"
+    _MADE.add(name)
+    return name
+
+
+def remove_stale(folder: Path, prefix: str) -> list[Path]:
+    """Delete the entries of `folder` that `private_name(prefix)` made (or `prefix<pid>` alone, the
+    older form) for a process of this host that no longer runs (a killed writer). Another host's
+    entries, and those of running processes, are left alone. Returns the entries removed."""
+    removed = []
+    for entry in (folder.glob(f"{_glob_escape(prefix)}*") if folder.is_dir() else ()):
+        pid, _, rest = entry.name[len(prefix):].partition("-")
+        host = rest.rpartition("-")[0] if rest.count("-") else ""
+        if pid.isdigit() and host in ("", _host()) and _stale(int(pid), entry.name):
+            _remove(entry)
+            removed.append(entry)
+    return removed
+
+
+@contextmanager
+def private_folder(parent: Path, prefix: str) -> Iterator[Path]:
+    """A new hidden folder `parent/private_name(prefix)` for one run's intermediate files (readers
+    never list hidden folders), removed at the end whatever happens; folders of the same prefix
+    that killed runs left are removed first."""
+    remove_stale(parent, prefix)
+    folder = parent / private_name(prefix)
+    folder.mkdir()
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _stale(pid: int, name: str) -> bool:
+    if pid == os.getpid():
+        return name not in _MADE
+    return not _process_alive(pid)
+
+
+def _host() -> str:
+    return "".join(c if c.isalnum() else "_" for c in socket.gethostname()) or "host"
+
+
+def _glob_escape(text: str) -> str:
+    return "".join(f"[{c}]" if c in "*?[" else c for c in text)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        pass
+    return True
+
+
+def _remove(entry: Path) -> None:
+    if entry.is_dir() and not entry.is_symlink():
+        shutil.rmtree(entry, ignore_errors=True)
+    else:
+        entry.unlink(missing_ok=True)
+
+
+def writable_folder(path: str | Path, option: str = "--out") -> Path:
+    """Create folder `path` if needed; InputError naming it if it cannot be created or written."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise InputError(path, f"{option} exists and is not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(path, f"cannot create the {option} folder ({exc.strerror or exc})") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise InputError(path, f"cannot write into the {option} folder (permission denied)")
+    return path
