@@ -37,7 +37,8 @@ from engine.training.logs import RunLog
 def build_model(cfg: TrainConfig, num_classes: int):
     """The configured model with its initial weights and frozen layers."""
     from engine.models import create_model, optimise_for_speed
-    from engine.models.transfer import freeze, load_initial_weights
+    from engine.models.transfer import freeze
+    from engine.training.weights import load_initial_weights
     model = create_model(cfg.model.name, num_classes, **cfg.model.options)
     if cfg.model.init_weights:
         load_initial_weights(model, cfg.model.init_weights, new_head=cfg.model.new_head)

@@ -283,7 +283,7 @@ def test_train_rows_log_the_windows_accuracy(shards, tmp_path):
                  "train.weight_decay=0", "train.epochs=1", "train.log_every_steps=3")
     trainer.train(cfg)
     model, _ = trainer.build_model(cfg, 3)
-    from engine.models.transfer import load_checkpoint
+    from engine.training.weights import load_checkpoint
     load_checkpoint(model, tmp_path / "model.safetensors")
     loader, _ = trainer.make_loaders(cfg, 0, 1)
     right = []
