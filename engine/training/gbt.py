@@ -51,7 +51,7 @@ def train_gbt(cfg) -> dict:
     """Fit on the train split (one process), report validation metrics, save gbt.pkl."""
     from sklearn.ensemble import HistGradientBoostingClassifier
     from engine.data.shards import load_manifest
-    from engine.train import make_loaders
+    from engine.training.data import make_loaders
     from engine.config import to_dict
     from engine.training.checkpoint import write_run_info
     from engine.training.metrics import classification_metrics
