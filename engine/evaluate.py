@@ -68,7 +68,7 @@ def load_trained(checkpoint: str | Path) -> Trained:
     if config.model.name == "gbt":
         return Trained(folder, config, run, _read_gbt(folder / "gbt.pkl"))
     from engine.models import create_model
-    from engine.models.transfer import load_checkpoint
+    from engine.training.weights import load_checkpoint
     weights = folder / "model.safetensors"
     if not weights.is_file():
         raise InputError(weights, "missing (the training run has not finished: run it again to resume)")

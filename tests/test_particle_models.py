@@ -346,7 +346,7 @@ def test_trainer_runs_the_model_on_shards(name, kind, dataset, tmp_path):
 
 
 def test_interrupted_training_resumes_to_the_same_weights_and_batch_statistics(tmp_path, monkeypatch):
-    import engine.train as trainer
+    import engine.training.trainer as trainer
     from safetensors.torch import load_file
     shards = synthetic_shards(tmp_path / "data", 40, seed=0, events_per_member=32)
     args = [f"data.shards={shards}", "model.name=particlenet",

@@ -18,7 +18,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-import engine.train as trainer
+import engine.training.trainer as trainer
 from engine.config import to_dict
 from engine.errors import InputError
 from engine.models import INPUT_KEYS
@@ -127,15 +127,15 @@ def test_interrupted_run_resumes_exactly(shards, straight, tmp_path, monkeypatch
 def test_interrupted_mid_window_before_any_checkpoint(shards, straight, tmp_path, monkeypatch):
     """Killed after its first log row (step 2) and before its first checkpoint (step 3): the rerun
     starts again and log.csv ends without the killed run's rows."""
-    real = trainer._log_window
+    real = trainer.Trainer._log_window
 
-    def log_then_stop(cfg, accelerator, state, *args):
-        result = real(cfg, accelerator, state, *args)
-        if state.step == 2:
+    def log_then_stop(self):
+        result = real(self)
+        if self.state.step == 2:
             raise KeyboardInterrupt
         return result
     out = interrupted_then_resumed(shards, tmp_path, "set_transformer", monkeypatch,
-                                   lambda mp: mp.setattr(trainer, "_log_window", log_then_stop))
+                                   lambda mp: mp.setattr(trainer.Trainer, "_log_window", log_then_stop))
     assert_same_run(straight("set_transformer"), out)
 
 
@@ -283,7 +283,7 @@ def test_train_rows_log_the_windows_accuracy(shards, tmp_path):
                  "train.weight_decay=0", "train.epochs=1", "train.log_every_steps=3")
     trainer.train(cfg)
     model, _ = trainer.build_model(cfg, 3)
-    from engine.models.transfer import load_checkpoint
+    from engine.training.weights import load_checkpoint
     load_checkpoint(model, tmp_path / "model.safetensors")
     loader, _ = trainer.make_loaders(cfg, 0, 1)
     right = []

@@ -1,4 +1,4 @@
-"""Tests for engine.models.transfer: checkpoints round-trip exactly, a new head keeps the body,
+"""Tests for engine.models.transfer and engine.training.weights: checkpoints round-trip exactly, a new head keeps the body,
 bad files are InputErrors, ImageNet files load into timm bodies, freezing really freezes."""
 from __future__ import annotations
 
@@ -8,9 +8,8 @@ import torch.nn.functional as F
 
 from engine.errors import InputError
 from engine.models import create_model, model_args
-from engine.models.transfer import (classifier_keys, freeze, load_checkpoint, load_imagenet,
-                                    load_initial_weights, make_optimizer, parameterised_layers,
-                                    save_weights)
+from engine.models.transfer import classifier_keys, freeze, make_optimizer, parameterised_layers
+from engine.training.weights import load_checkpoint, load_imagenet, load_initial_weights, save_weights
 
 
 def make_objects(batch: int, cap: int) -> dict:

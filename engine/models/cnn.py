@@ -65,7 +65,7 @@ class TimmNet(nn.Module):
     """A timm architecture as `body` (no classifier, pooled features out) plus our own `head`.
 
     `body` keeps timm's parameter names, so an ImageNet weight file of the architecture loads
-    into it (`engine.models.transfer.load_imagenet`). head="linear" is timm's own head (pooled
+    into it (`engine.models.transfer.apply_imagenet_state`). head="linear" is timm's own head (pooled
     features -> Linear); head="durham" is the poster's: global average pooling of the last
     feature map, then `durham_head` (for VGG this drops timm's 4096-wide convolutional MLP, as
     Keras' VGG16 without its top does).

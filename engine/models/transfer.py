@@ -1,23 +1,19 @@
-"""Transfer learning: initial weights from local files, layer freezing, optimizers.
+"""Transfer learning on tensors: applying a state_dict, layer freezing, optimizers.
 
-Weights come only from local files; nothing is ever downloaded.
-- `load_checkpoint(model, path, new_head)`: a state_dict written by this project (torch.save of
-  `model.state_dict()`, optionally wrapped as {"model": ...} or {"state_dict": ...}; a
-  `.safetensors` file; or a directory holding model.safetensors / pytorch_model.bin, as
-  Accelerate's `save_state` writes). It must fit the model exactly, except that with
-  `new_head=True` the final logits layer is left freshly initialised (another class count, or
-  another channel's classes).
-- `load_imagenet(model, path)`: a timm ImageNet weight file of the same architecture into a
-  `TimmNet` body; its 1000-class classifier is dropped and the first convolution adapted to
-  the model's input channels (timm's `adapt_input_conv`).
+Files are read and written by `engine.training.weights`; these functions take the tensors.
+- `apply_checkpoint_state(model, state, path, new_head)`: a state_dict of this project. It must
+  fit the model exactly, except that with `new_head=True` the final logits layer is left freshly
+  initialised (another class count, or another channel's classes).
+- `apply_imagenet_state(model, state, path)`: timm ImageNet weights of the same architecture
+  into a `TimmNet` body; its 1000-class classifier is dropped and the first convolution adapted
+  to the model's input channels (timm's `adapt_input_conv`).
 - `freeze(model, unfreeze_fraction)`: train only the last fraction of parameterised layers
   (plus the head), as in the Durham poster (0, 0.2, 0.7, 1).
+`path` (the file the tensors came from) only names the input in errors.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -26,22 +22,8 @@ from engine.errors import InputError
 from engine.files import atomic_path
 from engine.models.cnn import TimmNet
 
-CHECKPOINT_NAMES = ("model.safetensors", "pytorch_model.bin", "model.pt", "model.pth")
-WRAPPER_KEYS = ("model", "state_dict", "model_state_dict")
 PREFIXES = ("module.", "_orig_mod.")     # added by DistributedDataParallel and torch.compile
 OPTIMIZERS = ("adam", "adamw", "rmsprop", "sgd")
-
-
-def _resolve(path: str | Path) -> Path:
-    path = Path(path)
-    if path.is_dir():
-        for name in CHECKPOINT_NAMES:
-            if (path / name).is_file():
-                return path / name
-        raise InputError(path, f"no weights in this directory (looked for {', '.join(CHECKPOINT_NAMES)})")
-    if not path.is_file():
-        raise InputError(path, "weight file not found")
-    return path
 
 
 def _strip(key: str) -> str:
@@ -51,38 +33,9 @@ def _strip(key: str) -> str:
     return key
 
 
-def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Read a local weight file (or checkpoint directory) -> (state_dict on CPU, metadata)."""
-    path = _resolve(path)
-    metadata: dict[str, str] = {}
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors import safe_open
-            with safe_open(str(path), framework="pt") as f:
-                metadata = f.metadata() or {}
-                state = {k: f.get_tensor(k) for k in f.keys()}
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # any unreadable file is the user's input problem
-        raise InputError(path, f"cannot read weights: {err}") from None
-    if isinstance(state, dict):
-        for key in WRAPPER_KEYS:
-            if isinstance(state.get(key), dict):
-                state = state[key]
-                break
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise InputError(path, "not a state_dict (expected a mapping of parameter names to tensors)")
-    return {_strip(k): v for k, v in state.items()}, metadata
-
-
-def save_weights(model: nn.Module, path: str | Path) -> None:
-    """Write `model.state_dict()` as safetensors, atomically, with the model's spec as metadata."""
-    from safetensors.torch import save_file
-
-    state = {_strip(k): v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    metadata = {"engine_model": json.dumps(getattr(model, "spec", {}))}
-    with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata=metadata)
+def strip_prefixes(state: dict) -> dict:
+    """The state_dict with DistributedDataParallel's and torch.compile's key prefixes removed."""
+    return {_strip(k): v for k, v in state.items()}
 
 
 def classifier_keys(model: nn.Module) -> set[str]:
@@ -111,21 +64,17 @@ def _shape_mismatches(target: dict, state: dict) -> dict[str, tuple]:
             if tuple(state[k].shape) != tuple(v.shape)}
 
 
-def load_checkpoint(model: nn.Module, path: str | Path, new_head: bool = False) -> dict:
-    """Load a checkpoint of this project into `model`, in place.
+def apply_checkpoint_state(model: nn.Module, state: dict, path, new_head: bool = False,
+                           written_for: str = "") -> dict:
+    """Load a state_dict of this project into `model`, in place.
 
     new_head=True keeps the model's own (fresh) final logits layer, so a model pretrained with
     one set of classes starts another. Returns {"loaded": n tensors, "new_head": [keys kept fresh]}.
-    InputError when the file is missing or written for another architecture or class count.
+    InputError naming `path` when the tensors belong to another architecture (`written_for`, the
+    model name the file records, if any) or class count.
     """
-    state, metadata = read_weights(path)
-    return _load_checkpoint_state(model, state, metadata, path, new_head)
-
-
-def _load_checkpoint_state(model: nn.Module, state: dict, metadata: dict, path, new_head: bool) -> dict:
     target = model.state_dict()
     name = getattr(model, "spec", {}).get("name", type(model).__name__)
-    written_for = json.loads(metadata.get("engine_model", "{}") or "{}").get("name", "")
     _check_keys(target, state, path, name, written_for)
     head = classifier_keys(model)
     mismatched = _shape_mismatches(target, state)
@@ -145,21 +94,21 @@ def _load_checkpoint_state(model: nn.Module, state: dict, metadata: dict, path, 
     return {"loaded": len(state) - len(fresh), "new_head": fresh}
 
 
-def load_imagenet(model: nn.Module, path: str | Path) -> dict:
-    """Load a local timm ImageNet weight file into the body of a timm model, in place.
+def require_timm(model: nn.Module, path) -> None:
+    """ImageNet weights fit the timm models only: anything else is an InputError naming `path`."""
+    if not isinstance(model, TimmNet):
+        raise InputError(path, f"ImageNet weights apply to the timm models only, not {type(model).__name__}")
+
+
+def apply_imagenet_state(model: nn.Module, state: dict, path) -> dict:
+    """Load timm ImageNet weights into the body of a timm model, in place.
 
     The file's classifier (and, with the Durham head, VGG's dropped MLP) is ignored; a first
     convolution for 3 channels is adapted to the model's channel count. Returns {"loaded": n}.
     """
-    if not isinstance(model, TimmNet):
-        raise InputError(path, f"ImageNet weights apply to the timm models only, not {type(model).__name__}")
-    state, _ = read_weights(path)
-    return _load_imagenet_state(model, state, path)
-
-
-def _load_imagenet_state(model: TimmNet, state: dict, path) -> dict:
     from timm.models import adapt_input_conv
 
+    require_timm(model, path)
     body = model.body
     target = body.state_dict()
     cfg = body.pretrained_cfg
@@ -179,13 +128,13 @@ def _load_imagenet_state(model: TimmNet, state: dict, path) -> dict:
     return {"loaded": len(state)}
 
 
-def load_initial_weights(model: nn.Module, path: str | Path, new_head: bool = False) -> dict:
-    """Checkpoint or ImageNet file, told apart by the names inside: a checkpoint of a timm model
+def apply_initial_state(model: nn.Module, state: dict, path, new_head: bool = False,
+                        written_for: str = "") -> dict:
+    """Checkpoint or ImageNet weights, told apart by the names inside: a checkpoint of a timm model
     names its tensors `body.*`, a timm ImageNet file does not."""
-    state, metadata = read_weights(path)
     if isinstance(model, TimmNet) and not any(k.startswith("body.") for k in state):
-        return _load_imagenet_state(model, state, path)
-    return _load_checkpoint_state(model, state, metadata, path, new_head)
+        return apply_imagenet_state(model, state, path)
+    return apply_checkpoint_state(model, state, path, new_head, written_for)
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """Checkpoints: Accelerate's full state mid-run, and the exported model at the end.
 
     OUTPUT_DIR/checkpoints/step_0000200/  accelerator.save_state + config.yaml + trainer_state.json
-    OUTPUT_DIR/model.safetensors          the unwrapped model's weights (engine.models.transfer format)
+    OUTPUT_DIR/model.safetensors          the unwrapped model's weights (engine.training.weights format)
     OUTPUT_DIR/config.yaml                the resolved config, beside the weights
     OUTPUT_DIR/run.json                   class names, dataset kind, input kind, steps, timings
 
@@ -153,7 +153,7 @@ def write_run_info(output_dir: str | Path, config: dict, run: dict) -> None:
 
 def export_model(model, output_dir: str | Path, config: dict, run: dict) -> Path:
     """Write model.safetensors, config.yaml and run.json (main process only); run.json comes last."""
-    from engine.models.transfer import save_weights
+    from engine.training.weights import save_weights
     save_weights(model, Path(output_dir) / "model.safetensors")
     write_run_info(output_dir, config, run)
     return Path(output_dir) / "model.safetensors"

@@ -52,7 +52,7 @@ def train_gbt(cfg) -> dict:
     from sklearn.ensemble import HistGradientBoostingClassifier
     from engine.config import to_dict
     from engine.data.shards import load_manifest
-    from engine.train import make_loaders
+    from engine.training.data import make_loaders
     from engine.training.checkpoint import write_run_info
     from engine.training.metrics import classification_metrics
 
