@@ -19,7 +19,6 @@ import torch
 from torch import nn
 
 from engine.errors import InputError
-from engine.files import atomic_path
 from engine.models.cnn import TimmNet
 
 PREFIXES = ("module.", "_orig_mod.")     # added by DistributedDataParallel and torch.compile

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from engine.data.parquet_io import atomic_path
+from engine.files import atomic_path
 from engine.errors import InputError
 from engine.models.transfer import (apply_checkpoint_state, apply_imagenet_state, apply_initial_state,
                                     require_timm, strip_prefixes)
