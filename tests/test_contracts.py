@@ -20,6 +20,12 @@ TIED = {
     "RC_JET": contracts.JET, "RC_BJET": contracts.BJET, "RC_MET": contracts.MET,
     "RC_NUM_TYPES": contracts.NUM_TYPES, "RC_MAX_OBJECTS": contracts.MAX_OBJECTS,
     "RC_MAX_CONSTITUENTS": contracts.MAX_CONSTITUENTS, "RC_MAX_CHANNELS": contracts.MAX_CHANNELS,
+    "RC_F_PT": contracts.F_PT, "RC_F_ETA": contracts.F_ETA, "RC_F_PHI": contracts.F_PHI,
+    "RC_F_CHARGE": contracts.F_CHARGE, "RC_C_PT": contracts.CONSTITUENT_FEATURES.index("pt"),
+    "RC_C_ETA": contracts.CONSTITUENT_FEATURES.index("eta"),
+    "RC_C_PHI": contracts.CONSTITUENT_FEATURES.index("phi"),
+    "RC_FJ_ETA": contracts.FATJET_FEATURES.index("eta"), "RC_FJ_PHI": contracts.FATJET_FEATURES.index("phi"),
+    "RC_FJ_WIDTH": len(contracts.FATJET_FEATURES),
 }
 
 
@@ -36,14 +42,15 @@ def test_header_constants_match_python():
         assert defines[name] == value, f"render_common.h {name} = {defines[name]}, engine/contracts.py {value}"
 
 
-def test_every_type_or_cap_define_of_the_header_is_tied():
-    """A new type code or cap in the header without its Python twin fails here."""
+def test_every_type_column_or_cap_define_of_the_header_is_tied():
+    """A new type code, column or cap in the header without its Python twin fails here."""
     defines = header_defines(HEADER.read_text())
     layout = {name for name in defines if re.match(r"RC_([PT]_|JET_)", name)}
     assert set(defines) - layout == set(TIED)
 
 
-@pytest.mark.parametrize("name, edit", [("RC_MUON", 7), ("RC_MAX_OBJECTS", 63), ("RC_NUM_TYPES", 5)])
+@pytest.mark.parametrize("name, edit", [("RC_MUON", 7), ("RC_MAX_OBJECTS", 63), ("RC_NUM_TYPES", 5),
+                                        ("RC_F_CHARGE", 4), ("RC_FJ_WIDTH", 5)])
 def test_an_edit_on_the_c_side_is_seen(name, edit):
     text = re.sub(rf"#define {name} \d+", f"#define {name} {edit}", HEADER.read_text())
     assert header_defines(text)[name] == edit != TIED[name]
@@ -62,6 +69,8 @@ def test_python_users_read_the_contracts():
     assert [contracts.FEATURES[i] for i in (contracts.F_PT, contracts.F_ETA, contracts.F_PHI,
                                             contracts.F_CHARGE)] == ["pt", "eta", "phi", "charge"]
     assert cpu.FATJET_WIDTH == gpu.FATJET_WIDTH == len(contracts.FATJET_FEATURES) == 4
+    assert contracts.KERNEL_MIN_FEATURES == max(TIED[k] for k in ("RC_F_PT", "RC_F_ETA", "RC_F_PHI", "RC_C_PT",
+                                                                  "RC_C_ETA", "RC_C_PHI")) + 1
     assert contracts.DEFAULT_CAP <= contracts.MAX_OBJECTS
     assert contracts.DEFAULT_CONSTITUENT_CAP <= contracts.MAX_CONSTITUENTS
 
