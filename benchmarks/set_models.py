@@ -20,10 +20,11 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks import common
+from engine.contracts import DEFAULT_CAP, DEFAULT_CONSTITUENT_CAP
 from engine.models import create_model, model_args
 
 MODELS = ("particlenet", "part", "deepsets", "set_transformer")
-SLOTS = {"objects": 16, "constituents": 128}
+SLOTS = {"objects": DEFAULT_CAP, "constituents": DEFAULT_CONSTITUENT_CAP}
 
 
 def random_batch(kind: str, batch: int, slots: int, seed: int, device) -> dict:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from engine.contracts import BJET, JET, MET, NUM_TYPES, PAD
 from kernels.presets import LAYOUT
 
 f32 = np.float32
@@ -35,7 +36,7 @@ def tparam(P, t, field):
 
 def ref_object(P, t, f, delta=None, flip=False):
     W, H, eta_max = int(P[0]), int(P[1]), P[L["RC_P_ETA_MAX"]]
-    pt, eta, phi = f[0], (f32(0) if t == 5 else f[1]), f[2]
+    pt, eta, phi = f[0], (f32(0) if t == MET else f[1]), f[2]
     if delta is not None:
         phi = phi + delta
         eta = -eta if flip else eta
@@ -68,9 +69,9 @@ def ref_event(P, types, feats, count, delta=None, flip=False):
     drawn = {}
     for k in range(max(0, min(count, len(types)))):
         t, f = int(types[k]), feats[k]
-        if not (1 <= t <= 5) or not np.all(np.isfinite(f[:3])):
+        if not (PAD < t < NUM_TYPES) or not np.all(np.isfinite(f[:3])):
             continue
-        g = 3 if t == 4 else t
+        g = JET if t == BJET else t
         if 0 <= tparam(P, t, "RC_T_MAX_COUNT") <= drawn.get(g, 0):
             continue
         drawn[g] = drawn.get(g, 0) + 1
