@@ -31,8 +31,8 @@ TIED = {
 
 def header_defines(text: str) -> dict[str, int]:
     """Integer #defines of a C header, comments ignored."""
-    text = re.sub(r"/\*.*?\*/", "", text, flags=re.S)
-    return {name: int(value) for name, value in re.findall(r"^#define (RC_\w+) (-?\d+)\s*$", text, re.M)}
+    text = re.sub(r"/\*.*?\*/", "", text, flags=re.DOTALL)
+    return {name: int(value) for name, value in re.findall(r"^#define (RC_\w+) (-?\d+)\s*$", text, re.MULTILINE)}
 
 
 def test_header_constants_match_python():
