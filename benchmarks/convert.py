@@ -1,6 +1,6 @@
 """Conversion speed and peak memory: a NanoAOD-style ROOT file of 1,000,000 events -> Parquet.
 
-    python benchmarks/convert.py [--quick] [--events N] [--workdir DIR] --out FILE.json
+    python -m benchmarks.convert [--quick] [--events N] [--workdir DIR] --out FILE.json
 
 The input (tests/rootfiles.py, pt-sorted collections, uproot's default ZLIB level 1 compression
 unless --compression; inflated with ISA-L when python-isal is installed) is written once and cached in --workdir. Then: a correctness check on a
@@ -30,11 +30,9 @@ import pyarrow.parquet as pq
 import uproot
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from engine.data.canonical.parquet_io import open_parquet  # noqa: E402
-from engine.data.conversion.readers_root import use_fast_zlib  # noqa: E402
-from tests import rootfiles as rf  # noqa: E402
+from engine.data.canonical.parquet_io import open_parquet
+from engine.data.conversion.readers_root import use_fast_zlib
+from tests import rootfiles as rf
 
 EVENTS = 1_000_000
 QUICK_EVENTS = 200_000

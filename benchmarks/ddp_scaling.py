@@ -1,6 +1,6 @@
 """Per-GPU throughput of the on-the-fly pipeline under `accelerate launch` with 1, 2, 4, ... N processes.
 
-    python benchmarks/ddp_scaling.py --shards DIR --out FILE.json [--steps S] [--warmup K]
+    python -m benchmarks.ddp_scaling --shards DIR --out FILE.json [--steps S] [--warmup K]
         (one rank; run under `accelerate launch`, as `scaling_records` does)
 
 Each rank reads its own part of the shards (engine loader, one worker), draws small_cnn's 64 px
@@ -20,12 +20,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import record, skip, timed_steps  # noqa: E402
-from engine.data.loader import LoaderConfig, make_loader  # noqa: E402
-from engine.models import create_model  # noqa: E402
-from engine.render import render_events  # noqa: E402
-from kernels.presets import preset  # noqa: E402
+from benchmarks.common import ROOT, record, skip, timed_steps
+from engine.data.loader import LoaderConfig, make_loader
+from engine.models import create_model
+from engine.render import render_events
+from kernels.presets import preset
 
 MODEL, SIZE_PX, BATCH_PER_GPU = "small_cnn", 64, 512
 
@@ -40,9 +39,10 @@ def scaling_records(root: Path, warmup: int, steps: int, folder: Path) -> tuple[
     for n in sorted({k for k in (1, 2, 4, 8, 16) if k <= gpus} | {gpus}):
         out = folder / f"scaling-{n}.json"
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(n),
-               "--mixed_precision", "bf16", *(["--multi_gpu"] if n > 1 else []), __file__,
+               "--mixed_precision", "bf16", *(["--multi_gpu"] if n > 1 else []),
+               "--module", "benchmarks.ddp_scaling",
                "--shards", str(root), "--steps", str(steps), "--warmup", str(warmup), "--out", str(out)]
-        subprocess.run(cmd, check=True)
+        subprocess.run(cmd, cwd=ROOT, check=True)
         per_gpu = float(np.mean(json.loads(out.read_text())["images_per_s"]))
         base = base or per_gpu
         params = {"pipeline": "onthefly", "model": MODEL, "size_px": SIZE_PX, "processes": n,

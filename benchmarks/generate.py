@@ -1,6 +1,6 @@
 """Generation speed per core: accepted events (or large-radius jets) per second, one worker.
 
-    python benchmarks/generate.py [--quick] --out FILE.json
+    python -m benchmarks.generate [--quick] --out FILE.json
 
 For every process: a small correctness run first (right row count, selection held), a warm-up,
 then one timed single-worker run of a fixed size (Pythia initialisation included, as a user

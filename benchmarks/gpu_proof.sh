@@ -20,7 +20,7 @@ if compgen -G ".whl/*.whl" > /dev/null; then
 fi
 nvidia-smi || true
 log=$(mktemp)
-python3 benchmarks/run_all.py --gpu-proof ${1:+--out "$1"} 2>&1 | tee "$log"
+python3 -m benchmarks.run_all --gpu-proof ${1:+--out "$1"} 2>&1 | tee "$log"
 rc=${PIPESTATUS[0]}
 dir=$(sed -n 's/^wrote \(.*\)\/report\.md.*/\1/p' "$log" | tail -n 1)
 if [ -n "${OUT:-}" ] && [ -n "$dir" ]; then

@@ -1,6 +1,6 @@
 """Run the GPU tests (`pytest -m gpu`) and record their outcome beside the benchmarks.
 
-    python benchmarks/gpu_tests.py [--quick] --out FILE.json
+    python -m benchmarks.gpu_tests [--quick] --out FILE.json
 
 On a machine with a CUDA GPU: runs `python -m pytest -m gpu` on the test modules that hold GPU
 tests (its output is printed, so run_all keeps it in logs/gpu_tests.log) and writes records
@@ -18,8 +18,7 @@ import tempfile
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import ROOT, print_table, record, skip, write_results  # noqa: E402
+from benchmarks.common import ROOT, print_table, record, skip, write_results
 
 
 def gpu_test_files() -> tuple[str, ...]:

@@ -1,6 +1,6 @@
 """Loader throughput and bytes per event on disk.
 
-    python benchmarks/loader.py [--shards DIR] --out FILE.json [--quick]
+    python -m benchmarks.loader [--shards DIR] --out FILE.json [--quick]
 
 DIR is a shard root (the train split is timed) or one split folder; without --shards a synthetic
 ttbar / W+jets / Drell-Yan set is written to a temporary folder first. Records:
@@ -21,12 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from engine.data import shards  # noqa: E402
-from engine.data.generation import synthetic  # noqa: E402
-from engine.data.loader import LoaderConfig, make_loader  # noqa: E402
-from engine.data.shards import encoding  # noqa: E402
+from engine.data import shards
+from engine.data.generation import synthetic
+from engine.data.loader import LoaderConfig, make_loader
+from engine.data.shards import encoding
 
 EVENTS_PER_CLASS = {"full": 400_000, "quick": 40_000}
 SECONDS = {"full": 3.0, "quick": 0.5}

@@ -1,6 +1,6 @@
 """End to end: the same events, the same model, four ways of feeding it a training step.
 
-    python benchmarks/pipelines.py [--quick | --tiny] [--parquet DIR | --synthetic] [--models M,...] --out FILE.json
+    python -m benchmarks.pipelines [--quick | --tiny] [--parquet DIR | --synthetic] [--models M,...] --out FILE.json
 
   onthefly  event shards -> engine loader (W workers) -> engine renderer (CUDA kernel on a GPU, the CPU
             twin otherwise) -> model
@@ -44,14 +44,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks import ddp_scaling, image_sets  # noqa: E402
-from benchmarks.common import print_table, record, skip, timed_steps, write_results  # noqa: E402
-from engine.data.loader import LoaderConfig, make_loader  # noqa: E402
-from engine.errors import EXIT_BAD_INPUT, InputError  # noqa: E402
-from engine.models import create_model, list_models, model_input  # noqa: E402
-from engine.render import render_events  # noqa: E402
-from kernels.presets import preset  # noqa: E402
+from benchmarks import ddp_scaling, image_sets
+from benchmarks.common import print_table, record, skip, timed_steps, write_results
+from engine.data.loader import LoaderConfig, make_loader
+from engine.errors import EXIT_BAD_INPUT, InputError
+from engine.models import create_model, list_models, model_input
+from engine.render import render_events
+from kernels.presets import preset
 
 PIPELINES = ("onthefly", "png", "dali", "bound")
 

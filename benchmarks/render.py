@@ -1,6 +1,6 @@
 """Benchmark of the event-image renderers: CPU twin, the 2017 matplotlib renderer, and the GPU.
 
-    python benchmarks/render.py [--quick] --out FILE.json
+    python -m benchmarks.render [--quick] --out FILE.json
 
 Records (JSON list of {"name", "value", "unit", "params"}):
   cpu_images_per_s_per_core   224 x 224 x 3 uint8 channels-last, madrazo2017, one thread (CPU time)
@@ -29,10 +29,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from engine.render import render_events  # noqa: E402
-from kernels import cpu  # noqa: E402
-from kernels.presets import preset  # noqa: E402
+from engine.render import render_events
+from kernels import cpu
+from kernels.presets import preset
 
 COLOURS = {1: (0, 0, 1), 2: (0, 128 / 255, 0), 3: (1, 125 / 255, 125 / 255), 4: (1, 0, 0), 5: (0, 0, 0)}
 

@@ -1,11 +1,12 @@
 """Run every benchmark, then write one report: records, machine, markdown tables and plots.
 
-    python benchmarks/run_all.py [--quick | --tiny | --gpu-proof] [--only NAME,...] [--out DIR]
+    python -m benchmarks.run_all [--quick | --tiny | --gpu-proof] [--only NAME,...] [--out DIR]
 
 Runs benchmarks/{gpu_tests,generate,convert,loader,render,train,pipelines,train_gpu}.py (train.py
 when present; gpu_tests.py runs `pytest -m gpu` and records its outcome, or says there is no GPU;
-train_gpu.py trains on the GPU, or says there is none), each as its own process with `--quick`
-passed through (`--tiny`: the smallest sizes, for tests) and its records in DIR/NAME.json.
+train_gpu.py trains on the GPU, or says there is none), each as its own process
+(`python -m benchmarks.NAME`, from the repository root) with `--quick` passed through (`--tiny`:
+the smallest sizes, for tests) and its records in DIR/NAME.json.
 `--gpu-proof` runs only what a GPU machine must prove, sized to end within about 7 minutes:
 GPU_PROOF lists the benchmarks, their arguments and time limits (benchmarks/gpu_proof.sh wraps it).
 Then writes
@@ -28,9 +29,8 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks import report  # noqa: E402
-from benchmarks.common import ROOT, default_results_dir, machine_info, skipped_path  # noqa: E402
+from benchmarks import report
+from benchmarks.common import ROOT, default_results_dir, machine_info, skipped_path
 
 BENCHMARKS = ("gpu_tests", "generate", "convert", "loader", "render", "train", "pipelines", "train_gpu")
 OPTIONAL = ("train",)                 # run when the script exists
@@ -45,11 +45,12 @@ GPU_PROOF = {
 
 
 def bench_command(script: Path, mode: str, out: Path) -> list[str]:
+    """`python -m PACKAGE.NAME FLAGS --out OUT` for benchmark script PACKAGE/NAME.py."""
     if mode == "gpu-proof":
         flags = GPU_PROOF[script.stem][0]
     else:
         flags = {"full": [], "quick": ["--quick"], "tiny": [TINY_FLAG.get(script.stem, "--quick")]}[mode]
-    return [sys.executable, str(script), *flags, "--out", str(out)]
+    return [sys.executable, "-m", f"{script.parent.name}.{script.stem}", *flags, "--out", str(out)]
 
 
 def run_one(name: str, bench_dir: Path, out_dir: Path, mode: str, timeout_s: float) -> dict:
@@ -61,7 +62,8 @@ def run_one(name: str, bench_dir: Path, out_dir: Path, mode: str, timeout_s: flo
         return status
     out, log = out_dir / f"{name}.json", out_dir / "logs" / f"{name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    paths = dict.fromkeys([str(ROOT), str(bench_dir.resolve().parent), os.environ.get("PYTHONPATH", "")])
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(paths))
     start = time.perf_counter()
     print(f"== {name}: {' '.join(bench_command(script, mode, out)[1:])}", flush=True)
     try:

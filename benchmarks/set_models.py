@@ -1,8 +1,8 @@
 """Training speed of the set models: events/s of one forward + backward + optimiser step.
 
-    python benchmarks/set_models.py --threads 1 --batch 256            # CPU, one thread
-    python benchmarks/set_models.py --device cuda --batch 256
-    python benchmarks/set_models.py --quick --out records.json      # run_all's interface
+    python -m benchmarks.set_models --threads 1 --batch 256            # CPU, one thread
+    python -m benchmarks.set_models --device cuda --batch 256
+    python -m benchmarks.set_models --quick --out records.json      # run_all's interface
 
 Each model (default options) is timed on seeded random padded batches of both input kinds:
 objects (N = 16 slots) and jet constituents (M = 128 slots), every slot counted whether real or
@@ -14,19 +14,17 @@ from __future__ import annotations
 import argparse
 import math
 import statistics
-import sys
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks import common                                   # noqa: E402
-from engine.models import create_model, model_args              # noqa: E402
+from benchmarks import common
+from engine.contracts import DEFAULT_CAP, DEFAULT_CONSTITUENT_CAP
+from engine.models import create_model, model_args
 
 MODELS = ("particlenet", "part", "deepsets", "set_transformer")
-SLOTS = {"objects": 16, "constituents": 128}
+SLOTS = {"objects": DEFAULT_CAP, "constituents": DEFAULT_CONSTITUENT_CAP}
 
 
 def random_batch(kind: str, batch: int, slots: int, seed: int, device) -> dict:

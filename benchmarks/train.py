@@ -1,6 +1,6 @@
 """Every model on the same generated 7 TeV ttbar / W+jets / Drell-Yan test events.
 
-    python benchmarks/train.py [--quick] [--shards DIR] [--models a,b] --out FILE.json
+    python -m benchmarks.train [--quick] [--shards DIR] [--models a,b] --out FILE.json
 
 Without --shards, events are generated first (`python -m engine generate`, madrazo2017
 selection) and sharded 70/15/15. Each model trains in its own process with the same seed and

@@ -1,7 +1,7 @@
 """The trainer's GPU path: bf16 autocast, event images drawn by the CUDA kernel into the batch, and a
 kill followed by a resume, against the same run uninterrupted.
 
-    python benchmarks/train_gpu.py [--quick] [--rehearse] --out FILE.json
+    python -m benchmarks.train_gpu [--quick] [--rehearse] --out FILE.json
 
 Synthetic ttbar / W+jets / Drell-Yan events (engine.data.generation.synthetic: the rates depend on event sizes,
 not on the physics) are sharded, then `python -m engine.train` trains small_cnn on 64 px images
@@ -27,8 +27,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import ROOT, print_table, record, skip, write_results  # noqa: E402
+from benchmarks.common import ROOT, print_table, record, skip, write_results
 
 SIZES = {"gpu": {"per_class": 4000, "steps": 300, "batch": 256, "checkpoint": 100},
          "rehearse": {"per_class": 150, "steps": 24, "batch": 32, "checkpoint": 8}}

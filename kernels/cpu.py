@@ -21,7 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.contracts import FATJET_FEATURES, KERNEL_MIN_FEATURES
+
 HERE = Path(__file__).parent
+FATJET_WIDTH = len(FATJET_FEATURES)
 SOURCES = (HERE / "render_common.h", HERE / "cpu_twin.cpp")
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-std=c++17",
          "-ffp-contract=off", "-fno-math-errno"]
@@ -128,7 +131,8 @@ def render_events(types, features, counts, params, out, *, seed: int = 0, index_
     _check("counts", counts, np.int32, 1)
     _check("params", params, np.float32, 1)
     batch, slots = types.shape
-    if features.shape[:2] != (batch, slots) or features.shape[2] < 3 or counts.shape != (batch,):
+    if (features.shape[:2] != (batch, slots) or features.shape[2] < KERNEL_MIN_FEATURES
+            or counts.shape != (batch,)):
         raise ValueError(f"features {features.shape} / counts {counts.shape} do not match types {types.shape}")
     dtype = _check_out(out, batch, params, channels_last)
     return int(library().rc_render_events(
@@ -144,7 +148,7 @@ def render_jets(constituents, counts, fatjet, params, out, *, threads: int | Non
     _check("fatjet", fatjet, np.float32, 2)
     _check("params", params, np.float32, 1)
     batch, slots, width = constituents.shape
-    if width < 3 or counts.shape != (batch,) or fatjet.shape != (batch, 4):
+    if width < KERNEL_MIN_FEATURES or counts.shape != (batch,) or fatjet.shape != (batch, FATJET_WIDTH):
         raise ValueError(f"constituents {constituents.shape}, counts {counts.shape}, fatjet {fatjet.shape} disagree")
     dtype = _check_out(out, batch, params, False)
     return int(library().rc_render_jets(_ptr(constituents), _ptr(counts), _ptr(fatjet), batch, slots, width,

@@ -258,7 +258,8 @@ long long render_jets(const float* cons, const int* counts, const float* fatjet,
 #pragma omp for schedule(static)
         for (long long b = 0; b < B; ++b) {
             int bad = 0;
-            int n = rc_stage_jet(cons + b * M * F, counts[b], M, F, fatjet + b * 4, P, x, y, w, pix, &bad);
+            int n = rc_stage_jet(cons + b * M * F, counts[b], M, F, fatjet + b * RC_FJ_WIDTH, P, x, y, w,
+                                 pix, &bad);
             skipped += bad;
             for (int k = 0; k < n; ++k) if (pix[k] >= 0) acc[pix[k]] = acc[pix[k]] + w[k];
             T* img = out + b * (long long)S * S;

@@ -20,7 +20,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from engine.contracts import FATJET_FEATURES, KERNEL_MIN_FEATURES
+
 HERE = Path(__file__).parent
+FATJET_WIDTH = len(FATJET_FEATURES)
 DTYPES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2, torch.uint8: 3}
 EVENT_CHANNELS = (1, 3, 5)
 BLOCK = 256
@@ -140,7 +143,8 @@ def render_events(types, features, counts, params: np.ndarray, out, skipped, *, 
     for name, tensor, dtype, ndim in (("types", types, torch.int8, 2), ("features", features, torch.float32, 3),
                                       ("counts", counts, torch.int32, 1), ("skipped", skipped, torch.int64, 1)):
         _check(name, tensor, dtype, ndim, device)
-    if features.shape[:2] != (batch, slots) or features.shape[2] < 3 or counts.shape[0] != batch:
+    if (features.shape[:2] != (batch, slots) or features.shape[2] < KERNEL_MIN_FEATURES
+            or counts.shape[0] != batch):
         raise ValueError(f"features {tuple(features.shape)} / counts {tuple(counts.shape)} do not match types")
     side, channels = int(params[0]), int(params[2])
     if channels not in EVENT_CHANNELS:
@@ -162,7 +166,7 @@ def render_jets(constituents, counts, fatjet, params: np.ndarray, out, skipped) 
                                       ("counts", counts, torch.int32, 1), ("fatjet", fatjet, torch.float32, 2),
                                       ("skipped", skipped, torch.int64, 1)):
         _check(name, tensor, dtype, ndim, device)
-    if width < 3 or counts.shape[0] != batch or tuple(fatjet.shape) != (batch, 4):
+    if width < KERNEL_MIN_FEATURES or counts.shape[0] != batch or tuple(fatjet.shape) != (batch, FATJET_WIDTH):
         raise ValueError("constituents, counts and fatjet disagree in shape")
     dt, _ = _check_out(out, batch, 1, int(params[0]))
     table = _device_params(params, device)

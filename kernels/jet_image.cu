@@ -24,7 +24,7 @@ __global__ void rc_jet_kernel(unsigned long long cons_ptr, unsigned long long co
     if (threadIdx.x == 0) {
         int bad = 0;
         const float* cons = (const float*)cons_ptr + (long long)b * M * F;
-        const float* fatjet = (const float*)fatjet_ptr + (long long)b * 4;
+        const float* fatjet = (const float*)fatjet_ptr + (long long)b * RC_FJ_WIDTH;
         n = rc_stage_jet(cons, ((const int*)counts_ptr)[b], M, F, fatjet, P, x, y, w, pix, &bad);
         if (bad) atomicAdd((unsigned long long*)skipped_ptr, (unsigned long long)bad);
     }

@@ -2,7 +2,7 @@
 
 A config is turned into a small float32 parameter table (`param_table`) read by the CUDA kernels
 and the CPU twin alike; its layout is defined once, in render_common.h (the RC_P_* / RC_T_*
-constants are read from that header here).
+constants are read from that header here); the object type codes come from engine/contracts.py.
 
 Presets (`preset(name, size_px=None)`):
   madrazo2017  224 px RGB, radius 0.5 ln(pt) / ln(1.1) px (the 2017 code's images), stroke 4 pt at
@@ -29,11 +29,14 @@ from typing import Literal
 
 import numpy as np
 
+from engine import contracts
+
 HEADER = Path(__file__).with_name("render_common.h")
 LAYOUT = {name: int(value) for name, value in
-          re.findall(r"#define (RC_[PT]_\w+|RC_JET_\w+|RC_MAX_\w+) (\d+)", HEADER.read_text())}
+          re.findall(r"#define (RC_[PT]_\w+|RC_JET_\w+) (\d+)", HEADER.read_text())}
 
-TYPE_CODES = {"electron": 1, "muon": 2, "jet": 3, "bjet": 4, "met": 5}
+TYPE_CODES = {name: code for name, code in contracts.OBJECT_TYPES.items() if code != contracts.PAD}
+"""Code of each drawn object type (engine/contracts.py; RC_ELECTRON .. RC_MET in the header)."""
 
 
 @dataclass

@@ -51,7 +51,8 @@ struct RcFlushSubnormals {
 };
 #endif
 
-/* Object type codes of engine/data/objects.py. */
+/* Object type codes, feature columns and caps: the values of engine/contracts.py
+ * (tests/test_contracts.py checks each of them). */
 #define RC_PAD 0
 #define RC_ELECTRON 1
 #define RC_MUON 2
@@ -59,6 +60,19 @@ struct RcFlushSubnormals {
 #define RC_BJET 4
 #define RC_MET 5
 #define RC_NUM_TYPES 6
+
+/* Columns the kernels read: of a padded object (RC_F_*), a constituent (RC_C_*), a large-radius jet
+ * (RC_FJ_*, RC_FJ_WIDTH columns per jet). */
+#define RC_F_PT 0
+#define RC_F_ETA 1
+#define RC_F_PHI 2
+#define RC_F_CHARGE 5
+#define RC_C_PT 0
+#define RC_C_ETA 1
+#define RC_C_PHI 2
+#define RC_FJ_ETA 1
+#define RC_FJ_PHI 2
+#define RC_FJ_WIDTH 4
 
 #define RC_MAX_OBJECTS 64        /* objects drawn per event; later slots are skipped (counted) */
 #define RC_MAX_CONSTITUENTS 256  /* constituents deposited per jet; later ones are skipped (counted) */
@@ -222,8 +236,8 @@ RC_FN int rc_make_object(const float* P, int type, const float* f, int F, int au
                          int flip, RcObject* o) {
     int W = (int)P[RC_P_WIDTH], H = (int)P[RC_P_HEIGHT];
     float eta_max = P[RC_P_ETA_MAX];
-    float pt = f[0], eta = type == RC_MET ? 0.0f : f[1], phi = f[2];
-    float charge = F > 5 ? f[5] : 0.0f;
+    float pt = f[RC_F_PT], eta = type == RC_MET ? 0.0f : f[RC_F_ETA], phi = f[RC_F_PHI];
+    float charge = F > RC_F_CHARGE ? f[RC_F_CHARGE] : 0.0f;
     if (augment) { phi = phi + delta; if (flip) eta = -eta; }
     float px_per_eta = (float)W / (2.0f * eta_max);
     o->cx = (eta + eta_max) * px_per_eta;
@@ -260,8 +274,8 @@ RC_FN int rc_stage_event(const signed char* types, const float* feats, int count
     for (int k = 0; k < n; ++k) {
         int t = types[k];
         const float* f = feats + (long long)k * F;
-        if (t <= RC_PAD || t >= RC_NUM_TYPES || !rc_finite(f[0]) || !rc_finite(f[2]) ||
-            (t != RC_MET && !rc_finite(f[1]))) { bad = bad + 1; continue; }
+        if (t <= RC_PAD || t >= RC_NUM_TYPES || !rc_finite(f[RC_F_PT]) ||
+            !rc_finite(f[RC_F_PHI]) || (t != RC_MET && !rc_finite(f[RC_F_ETA]))) { bad = bad + 1; continue; }
         int group = t == RC_BJET ? RC_JET : t;
         float max_count = rc_type_param(P, t, RC_T_MAX_COUNT);
         if (max_count >= 0.0f && (float)drawn[group] >= max_count) continue;
@@ -282,15 +296,18 @@ RC_FN int rc_stage_jet(const float* cons, int count, int M, int F, const float* 
     int n = count < 0 ? 0 : (count > M ? M : count);
     int bad = 0;
     if (n > RC_MAX_CONSTITUENTS) { bad = n - RC_MAX_CONSTITUENTS; n = RC_MAX_CONSTITUENTS; }
-    int axis_ok = rc_finite(fatjet[1]) && rc_finite(fatjet[2]);
+    int axis_ok = rc_finite(fatjet[RC_FJ_ETA]) && rc_finite(fatjet[RC_FJ_PHI]);
     int m = 0;
     for (int k = 0; k < n; ++k) {
         const float* c = cons + (long long)k * F;
-        if (!axis_ok || !rc_finite(c[0]) || !rc_finite(c[1]) || !rc_finite(c[2])) { bad = bad + 1; continue; }
-        if (!(c[0] > 0.0f)) continue;
-        w[m] = c[0];
-        x[m] = c[1] - fatjet[1];
-        y[m] = rc_wrap_phi(c[2] - fatjet[2]);
+        if (!axis_ok || !rc_finite(c[RC_C_PT]) || !rc_finite(c[RC_C_ETA]) || !rc_finite(c[RC_C_PHI])) {
+            bad = bad + 1;
+            continue;
+        }
+        if (!(c[RC_C_PT] > 0.0f)) continue;
+        w[m] = c[RC_C_PT];
+        x[m] = c[RC_C_ETA] - fatjet[RC_FJ_ETA];
+        y[m] = rc_wrap_phi(c[RC_C_PHI] - fatjet[RC_FJ_PHI]);
         m = m + 1;
     }
     *skipped = bad;

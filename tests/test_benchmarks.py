@@ -26,7 +26,7 @@ def check_records(records: list[dict]) -> None:
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run_all.py"), "--tiny",
+    done = subprocess.run([sys.executable, "-m", "benchmarks.run_all", "--tiny",
                            "--only", "pipelines", "--out", str(out)], cwd=ROOT, capture_output=True,
                           text=True, timeout=240)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
@@ -174,3 +174,14 @@ def test_gpu_tests_without_a_gpu_say_why(tmp_path):
     assert json.loads(out.read_text()) == []
     skips = json.loads(common.skipped_path(out).read_text())
     assert skips and "no GPU" in skips[0]["reason"]
+
+
+def test_benchmarks_run_as_modules_without_path_edits(tmp_path):
+    for script in sorted((ROOT / "benchmarks").glob("*.py")):
+        assert "sys.path" not in script.read_text(), f"{script.name} edits sys.path"
+    command = run_all.bench_command(ROOT / "benchmarks" / "render.py", "quick", tmp_path / "r.json")
+    assert command == [sys.executable, "-m", "benchmarks.render", "--quick", "--out", str(tmp_path / "r.json")]
+    assert "python3 -m benchmarks.run_all --gpu-proof" in (ROOT / "benchmarks" / "gpu_proof.sh").read_text()
+    done = subprocess.run([sys.executable, "-m", "benchmarks.report", "--help"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0 and "--check" in done.stdout

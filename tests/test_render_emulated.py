@@ -17,7 +17,7 @@ import torch
 from engine.render import render_events, render_jets
 from kernels.gpu import BLOCK
 from kernels.presets import ObjectStyle, RenderConfig, preset
-from tests.test_render_cpu import jets, make_events
+from tests.reference_render import jets, make_events
 
 NATIVE = Path(__file__).parent / "native"
 FLAGS = ["-std=c++17", "-pthread", "-ffp-contract=off", "-fno-math-errno", "-Wall", "-Werror",

@@ -13,7 +13,7 @@ import torch
 
 from engine.render import render_events, render_jets
 from kernels.presets import preset
-from tests.test_render_cpu import jets, make_events
+from tests.reference_render import jets, make_events
 
 pytestmark = pytest.mark.gpu
 
@@ -84,7 +84,7 @@ def test_compute_sanitizer_is_clean(tmp_path, check):
         "import torch, numpy as np\n"
         "from engine.render import render_events, render_jets\n"
         "from kernels.presets import preset\n"
-        "from tests.test_render_cpu import make_events, jets\n"
+        "from tests.reference_render import make_events, jets\n"
         "b = make_events(16); b['features'][0, 0, 1] = 1e9; b['counts'][1] = 999\n"
         "g = {k: torch.from_numpy(v).cuda() for k, v in b.items()}\n"
         "for dt in (torch.bfloat16, torch.uint8):\n"

@@ -156,26 +156,6 @@ def test_balance_and_label_union_from_process(tmp_path):
     assert sorted(np.unique(labels)) == [0, 1]
 
 
-def test_codec_unit_cases():
-    types = np.array([[1, 4, 3, 5], [2, 5, 0, 0]], np.int8)
-    feats = np.zeros((2, 4, 6), np.float32)
-    feats[0, :, 0], feats[0, :, 2] = [30, 80, 40, 20], [np.pi, -np.pi, 0.5, 3.14159]
-    feats[1, :2, 0], feats[0, 1, 4], feats[0, 0, 5] = [25, 10], 0.9, -1
-    data = encoding.encode(encoding.block_from_padded(types, feats, np.array([0, 2])), first_index=7)
-    out = encoding.decode_padded(data, 4)
-    np.testing.assert_array_equal(out["types"], types)
-    np.testing.assert_array_equal(out["index"], [7, 8])
-    assert abs(out["features"][0, 0, 2] + np.pi) < 1e-4            # phi = +pi wraps to -pi
-    corrupt = bytearray(data)
-    corrupt[-3] ^= 0xFF
-    with pytest.raises(encoding.BlockError, match="CRC"):
-        encoding.decode(bytes(corrupt))
-    newer = bytearray(data)
-    newer[4] = encoding.FORMAT_VERSION + 1
-    with pytest.raises(encoding.BlockError, match="version"):
-        encoding.decode(bytes(newer))
-
-
 def _cli(*args):
     return subprocess.run([sys.executable, "-m", "engine", "shard", *map(str, args)],
                           capture_output=True, text=True)
@@ -307,17 +287,3 @@ def test_stale_temporaries_of_the_same_target_are_removed(event_inputs, tmp_path
     assert not stale.exists() and not reused.exists()
     assert running.exists() and all(p.exists() for p in others)
     assert shards.open_split(tmp_path / "out").events_readable == 350 * 3
-
-
-@pytest.mark.parametrize("field", ["n_events", "n_objects", "n_pids", "raw_size"])
-def test_header_sizes_must_agree_before_anything_is_decompressed(field):
-    types = np.array([[1, 3, 5], [2, 5, 0]], np.int8)
-    data = encoding.encode(encoding.block_from_padded(types, np.ones((2, 3, 6), np.float32),
-                                                      np.array([0, 1])))
-    values = list(encoding.HEADER.unpack_from(data))
-    values[5 + ["n_events", "n_objects", "n_pids", "raw_size"].index(field)] += 1 << 20
-    forged = encoding.HEADER.pack(*values) + data[encoding.HEADER.size:]
-    with pytest.raises(encoding.BlockError, match="header inconsistent"):
-        encoding.read_header(forged)
-    with pytest.raises(encoding.BlockError, match="header inconsistent"):
-        encoding.decode(forged)

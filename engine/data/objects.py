@@ -3,6 +3,7 @@
 An event becomes a fixed-size list of up to `cap` objects, in this order: electrons, muons,
 jets (each by pt descending), then MET as one object at eta = 0. Objects beyond the cap are
 dropped (the count is reported by `pad_events`); MET is always kept as the last slot used.
+The type codes, feature columns and caps are defined in engine/contracts.py and re-exported here.
 
 Batch arrays (B events, N = cap slots):
   types    (B, N) int8     OBJECT_TYPES code, 0 for padding
@@ -16,11 +17,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-PAD, ELECTRON, MUON, JET, BJET, MET = 0, 1, 2, 3, 4, 5
-OBJECT_TYPES = {"pad": PAD, "electron": ELECTRON, "muon": MUON, "jet": JET, "bjet": BJET, "met": MET}
-FEATURES = ("pt", "eta", "phi", "mass", "btag", "charge")
-F_PT, F_ETA, F_PHI, F_MASS, F_BTAG, F_CHARGE = range(len(FEATURES))
-DEFAULT_CAP = 16
+from engine.contracts import (BJET, CONSTITUENT_FEATURES, DEFAULT_CAP, DEFAULT_CONSTITUENT_CAP, ELECTRON,
+                              F_BTAG, F_CHARGE, F_ETA, F_MASS, F_PHI, F_PT, FATJET_FEATURES, FEATURES, JET,
+                              MET, MUON, OBJECT_TYPES, PAD)
+
+__all__ = ["PAD", "ELECTRON", "MUON", "JET", "BJET", "MET", "OBJECT_TYPES", "FEATURES", "F_PT", "F_ETA",
+           "F_PHI", "F_MASS", "F_BTAG", "F_CHARGE", "DEFAULT_CAP", "CONSTITUENT_FEATURES", "FATJET_FEATURES",
+           "DEFAULT_CONSTITUENT_CAP", "EVENT_COLUMNS", "FATJET_COLUMNS", "ranks_within", "list_fields",
+           "pad_events", "pad_fatjets"]
 
 EVENT_COLUMNS = ["label", "met_pt", "met_phi", "electrons", "muons", "jets"]
 
@@ -77,9 +81,6 @@ def pad_events(table: pa.Table, cap: int = DEFAULT_CAP) -> dict[str, np.ndarray]
 
 
 FATJET_COLUMNS = ["label", "fatjet", "constituents"]
-CONSTITUENT_FEATURES = ("pt", "eta", "phi", "charge", "pid")
-FATJET_FEATURES = ("pt", "eta", "phi", "mass")
-DEFAULT_CONSTITUENT_CAP = 128
 
 
 def pad_fatjets(table: pa.Table, cap: int = DEFAULT_CONSTITUENT_CAP) -> dict[str, np.ndarray]:
