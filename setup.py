@@ -32,5 +32,5 @@ setup(
     package_data={"kernels": ["*.cu", "*.cuh", "*.h", "*.cpp"], "engine": ["py.typed"]},
     python_requires=">=3.10",
     install_requires=INSTALL_REQUIRES,
-    extras_require={"dev": ["pytest>=8", "pytest-timeout>=2.3"]},
+    extras_require={"dev": ["pytest>=8", "pytest-timeout>=2.3", "ruff>=0.6"]},
 )

@@ -3,11 +3,11 @@
     python -m benchmarks.convert [--quick] [--events N] [--workdir DIR] --out FILE.json
 
 The input (tests/rootfiles.py, pt-sorted collections, uproot's default ZLIB level 1 compression
-unless --compression; inflated with ISA-L when python-isal is installed) is written once and cached in --workdir. Then: a correctness check on a
-small file (every event kept with --selection none, values and pt order preserved), a warm-up
-conversion (imports, page cache), and for each selection one timed conversion in a fresh
-subprocess, `python -m engine convert FILE --workers 1`, exactly as a user runs it (interpreter
-start-up and imports included). Records, per selection:
+unless --compression; inflated with ISA-L when python-isal is installed) is written once and cached
+in --workdir. Then: a correctness check on a small file (every event kept with --selection none,
+values and pt order preserved), a warm-up conversion (imports, page cache), and for each selection
+one timed conversion in a fresh subprocess, `python -m engine convert FILE --workers 1`, exactly as
+a user runs it (interpreter start-up and imports included). Records, per selection:
   convert_events_per_s_per_core  events read / wall seconds of that subprocess
   convert_events_per_cpu_s       events read / CPU seconds (user + system) of that subprocess
   convert_peak_rss_mb            peak resident memory of that subprocess (os.wait4 rusage)
@@ -29,10 +29,11 @@ import numpy as np
 import pyarrow.parquet as pq
 import uproot
 
-REPO = Path(__file__).resolve().parents[1]
 from engine.data.canonical.parquet_io import open_parquet
 from engine.data.conversion.readers_root import use_fast_zlib
 from tests import rootfiles as rf
+
+REPO = Path(__file__).resolve().parents[1]
 
 EVENTS = 1_000_000
 QUICK_EVENTS = 200_000
@@ -95,7 +96,8 @@ def measure(source: Path, events: int, workdir: Path, selection: str, compressio
     assert meta["provenance"]["events_read"] == events
     accepted = pq.ParquetFile(result["out"]).metadata.num_rows
     params = {"format": "nanoaod", "events": events, "selection": selection, "step_size": STEP_SIZE,
-              "compression": compression, "zlib_library": use_fast_zlib(), "input_mb": round(source.stat().st_size / 1e6, 1),
+              "compression": compression, "zlib_library": use_fast_zlib(),
+              "input_mb": round(source.stat().st_size / 1e6, 1),
               "accepted": accepted, "wall_s": round(result["wall_s"], 3), "cpu_s": round(result["cpu_s"], 3),
               "cpus": os.cpu_count(), "load_avg_1min": round(load, 2)}
     return [

@@ -53,7 +53,7 @@ def check_correctness(root: Path, split: str) -> None:
 
 def time_loader(root: Path, split: str, cfg: LoaderConfig, seconds: float) -> float:
     loader = make_loader(root, cfg, split=split)
-    for batch in loader:                                  # warm-up: one epoch (page cache, imports)
+    for _ in loader:                                      # warm-up: one epoch (page cache, imports)
         pass
     events, start, epoch = 0, time.perf_counter(), 0
     while time.perf_counter() - start < seconds:

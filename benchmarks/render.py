@@ -144,12 +144,16 @@ def gpu_time(fn, iters: int) -> float:
     return start.elapsed_time(end) / 1000 / iters
 
 
-def gpu_records(batches: tuple[int, ...], iters: int) -> list[dict]:
-    cfg = preset("madrazo2017")
+def copy_rate() -> float:
+    """Bytes read + written per second by a 1 GiB device-to-device copy (freed on return)."""
     src = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
     dst = torch.empty_like(src)
-    copy_bytes_per_s = 2 * src.numel() / gpu_time(lambda: dst.copy_(src), 20)   # read + written
-    del src, dst
+    return 2 * src.numel() / gpu_time(lambda: dst.copy_(src), 20)
+
+
+def gpu_records(batches: tuple[int, ...], iters: int) -> list[dict]:
+    cfg = preset("madrazo2017")
+    copy_bytes_per_s = copy_rate()
     records = [record("gpu_copy_bytes_per_s", copy_bytes_per_s, "bytes/s", bytes=1 << 30,
                       counted="read + written", device=torch.cuda.get_device_name())]
     for dtype in (torch.bfloat16, torch.uint8):
@@ -161,7 +165,7 @@ def gpu_records(batches: tuple[int, ...], iters: int) -> list[dict]:
             got = render_events(batch, cfg, out=out, augment=True, seed=4).images
             want = render_events(host, cfg, dtype=dtype, augment=True, seed=4).images
             assert torch.equal(got.cpu(), want), f"GPU differs from the CPU twin ({dtype}, batch {n})"
-            seconds = gpu_time(lambda: render_events(batch, cfg, out=out, augment=True, seed=4), iters)
+            seconds = gpu_time(lambda b=batch, o=out: render_events(b, cfg, out=o, augment=True, seed=4), iters)
             written = out.numel() * out.element_size() / seconds
             params = {"dtype": str(dtype).replace("torch.", ""), "batch": n, "size_px": 224,
                       "layout": "channels_last", "device": torch.cuda.get_device_name()}

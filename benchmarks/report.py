@@ -116,7 +116,8 @@ def markdown(records: list[dict], skips: list[dict], statuses: list[dict], machi
              f"Mode `{mode}`, {wall_s:.0f} s in all. Timings on a machine shared with other work vary "
              "from run to run; ratios measured in the same run are the figures to compare.", "",
              "## Machine", "", *machine_rows(machine), "", "## Targets", "",
-             *target_rows(records, skips, machine, mode, wall_s, complete), "", "## Pipelines (same events, same model)", "",
+             *target_rows(records, skips, machine, mode, wall_s, complete), "",
+             "## Pipelines (same events, same model)", "",
              *headline_rows(records), ""]
     lines += [f"![{Path(p).stem}]({p})" for p in plots] + ["", "## Runs", "",
                                                              "| benchmark | exit code | seconds | records | note |",

@@ -2,9 +2,9 @@
 
     python -m benchmarks.run_all [--quick | --tiny | --gpu-proof] [--only NAME,...] [--out DIR]
 
-Runs benchmarks/{gpu_tests,generate,convert,loader,render,train,pipelines,train_gpu}.py (train.py
-when present; gpu_tests.py runs `pytest -m gpu` and records its outcome, or says there is no GPU;
-train_gpu.py trains on the GPU, or says there is none), each as its own process
+Runs benchmarks/{gpu_tests,generate,convert,loader,render,train,pipelines,set_models,train_gpu}.py
+(train.py when present; gpu_tests.py runs `pytest -m gpu` and records its outcome, or says there is
+no GPU; train_gpu.py trains on the GPU, or says there is none), each as its own process
 (`python -m benchmarks.NAME`, from the repository root) with `--quick` passed through (`--tiny`:
 the smallest sizes, for tests) and its records in DIR/NAME.json.
 `--gpu-proof` runs only what a GPU machine must prove, sized to end within about 7 minutes:
@@ -32,7 +32,8 @@ from pathlib import Path
 from benchmarks import report
 from benchmarks.common import ROOT, default_results_dir, machine_info, skipped_path
 
-BENCHMARKS = ("gpu_tests", "generate", "convert", "loader", "render", "train", "pipelines", "train_gpu")
+BENCHMARKS = ("gpu_tests", "generate", "convert", "loader", "render", "train", "pipelines", "set_models",
+              "train_gpu")
 OPTIONAL = ("train",)                 # run when the script exists
 TINY_FLAG = {"pipelines": "--tiny"}   # benchmarks with sizes below --quick
 # --gpu-proof: benchmark -> (arguments, time limit in seconds); the limits add up to 7 minutes

@@ -106,8 +106,9 @@ def main(argv: list[str] | None = None) -> int:
             recs = records(model, result, device, events)
             out += recs
             v = {r["name"]: r["value"] for r in recs}
-            table.append(f"{model:<16} acc {v['test_accuracy']:.4f}  ttbar/bkg {v['ttbar_vs_background_efficiency']:.4f}"
-                         f"  AUC {v['ttbar_auc']:.4f}  {v['train_seconds']:7.1f} s  {v['train_events_per_s']:9.0f} ev/s")
+            table.append(f"{model:<16} acc {v['test_accuracy']:.4f}  "
+                         f"ttbar/bkg {v['ttbar_vs_background_efficiency']:.4f}  AUC {v['ttbar_auc']:.4f}  "
+                         f"{v['train_seconds']:7.1f} s  {v['train_events_per_s']:9.0f} ev/s")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=1))
     print("\n".join(table))

@@ -21,7 +21,8 @@ def ref_log(x):
     f = m - f32(1)
     s = f / (f32(2) + f)
     s2 = s * s
-    p = s2 * (f32(0.333333333) + s2 * (f32(0.2) + s2 * (f32(0.142857143) + s2 * (f32(0.111111111) + s2 * f32(0.0909090909)))))
+    p = s2 * (f32(0.333333333) + s2 * (f32(0.2) + s2 * (f32(0.142857143)
+                                                     + s2 * (f32(0.111111111) + s2 * f32(0.0909090909)))))
     return f32(e) * f32(0.693147181) + f32(2) * (s + s * p)
 
 
@@ -102,7 +103,8 @@ def make_events(n, seed=0, cap=16):
     feats = np.zeros((n, cap, 6), np.float32)
     counts = np.zeros(n, np.int32)
     for b in range(n):
-        kinds = [1] * rng.integers(0, 2) + [2] * rng.integers(0, 2) + list(rng.choice([3, 3, 4], rng.integers(2, 7))) + [5]
+        jets = list(rng.choice([3, 3, 4], rng.integers(2, 7)))
+        kinds = [1] * rng.integers(0, 2) + [2] * rng.integers(0, 2) + jets + [5]
         for k, t in enumerate(kinds):
             types[b, k] = t
             feats[b, k] = [rng.uniform(20, 300), rng.uniform(-2.5, 2.5), rng.uniform(-np.pi, np.pi), 0, 0,

@@ -317,7 +317,7 @@ def _epoch(folder, split, cfg):
     batches = [(b["index"].clone(), b["labels"].clone()) for b in loader]
     if not batches:
         return np.zeros(0, np.int64), np.zeros(0, np.int64), loader.summary()
-    return (torch.cat([i for i, _ in batches]).numpy(), torch.cat([l for _, l in batches]).numpy(),
+    return (torch.cat([i for i, _ in batches]).numpy(), torch.cat([y for _, y in batches]).numpy(),
             loader.summary())
 
 

@@ -1,5 +1,5 @@
 """The module graph of engine/ and kernels/: every module imports, and no two import each other
-(directly or through others) at module level."""
+(directly or through others), at module level or inside functions."""
 from __future__ import annotations
 
 import ast
@@ -22,12 +22,13 @@ def _modules() -> dict[str, Path]:
 MODULES = _modules()
 
 
-def module_imports(name: str, source: str, modules: dict) -> set[str]:
-    """Project modules that `name` imports at module level (not in functions or `if` blocks).
-    `from pkg import sub` is an import of pkg.sub; the importer's own packages are not counted
-    (Python imports them before the module anyway)."""
+def module_imports(name: str, source: str, modules: dict, nested: bool = False) -> set[str]:
+    """Project modules that `name` imports at module level (not in functions or `if` blocks), or
+    anywhere in it with `nested`. `from pkg import sub` is an import of pkg.sub; the importer's own
+    packages are not counted (Python imports them before the module anyway)."""
     found = set()
-    for node in ast.parse(source).body:
+    tree = ast.parse(source)
+    for node in (ast.walk(tree) if nested else tree.body):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module:
@@ -85,8 +86,9 @@ def test_cycles_are_found():
     assert module_imports("p", "from p.x import f\n", modules) == {"p.x"}
 
 
-def test_no_import_cycle_among_engine_and_kernels():
-    graph = {name: module_imports(name, path.read_text(), MODULES) for name, path in MODULES.items()}
+@pytest.mark.parametrize("nested", [False, True], ids=["module_level", "inside_functions_too"])
+def test_no_import_cycle_among_engine_and_kernels(nested):
+    graph = {name: module_imports(name, path.read_text(), MODULES, nested) for name, path in MODULES.items()}
     assert cycles(graph) == []
 
 

@@ -27,7 +27,8 @@ def test_auc_matches_pairwise_definition():
     s = rng.normal(size=400) + y * 1.0
     s[:50] = np.round(s[:50])  # ties
     pos, neg = s[y], s[~y]
-    pairwise = ((pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()) / (len(pos) * len(neg))
+    wins = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
+    pairwise = wins / (len(pos) * len(neg))
     assert metrics.roc_auc(y, s) == pytest.approx(pairwise, abs=1e-12)
     assert np.isnan(metrics.roc_auc(np.ones(3, bool), np.ones(3)))
 

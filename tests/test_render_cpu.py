@@ -137,7 +137,8 @@ def test_ochoa_encodes_muon_charge_and_keeps_four_jets():
 def test_sizes_scale_the_radius():
     small = draw(one(2, 100.0, 0.0, 0.0), preset("madrazo2017", 112))[0, 0]
     large = draw(one(2, 100.0, 0.0, 0.0), preset("madrazo2017", 224))[0, 0]
-    width = lambda img: np.ptp(np.nonzero((img < 0.5).any(axis=0))[0])
+    def width(img):
+        return np.ptp(np.nonzero((img < 0.5).any(axis=0))[0])
     assert abs(width(large) - 2 * width(small)) <= 3
 
 
@@ -239,7 +240,8 @@ def write_events(path, n=5):
     import awkward as ak
     from engine.data.canonical import parquet_io, schema
     rng = np.random.default_rng(9)
-    lepton = lambda k: [{"pt": 30.0 + k, "eta": 0.5, "phi": 1.0, "mass": 0.0, "charge": -1}]
+    def lepton(k):
+        return [{"pt": 30.0 + k, "eta": 0.5, "phi": 1.0, "mass": 0.0, "charge": -1}]
     records = [{"weight": 1.0, "run": 1, "lumi": 1, "event": k, "met_pt": 40.0, "met_phi": -1.0,
                 "electrons": lepton(k) if k % 2 else [], "muons": [] if k % 2 else lepton(k),
                 "jets": [{"pt": float(rng.uniform(30, 300)), "eta": float(rng.uniform(-2, 2)),

@@ -1,5 +1,5 @@
-"""Tests for engine.models.transfer and engine.training.weights: checkpoints round-trip exactly, a new head keeps the body,
-bad files are InputErrors, ImageNet files load into timm bodies, freezing really freezes."""
+"""Tests for engine.models.transfer and engine.training.weights: checkpoints round-trip exactly, a new
+head keeps the body, bad files are InputErrors, ImageNet files load into timm bodies, freezing really freezes."""
 from __future__ import annotations
 
 import pytest
@@ -112,7 +112,8 @@ def test_checkpoint_of_another_architecture_is_an_input_error(tmp_path):
     with pytest.raises(InputError, match=r"written for model 'deepsets'.*'set_transformer', another architecture"):
         load_checkpoint(create_model("set_transformer", 3), tmp_path / "ds.safetensors")
     torch.save(create_model("small_cnn", 3, in_chans=3).state_dict(), tmp_path / "rgb.pt")
-    with pytest.raises(InputError, match=r"features.0.0.weight has shape \(32, 3, 3, 3\) in the file but \(32, 1, 3, 3\)"):
+    shapes = r"features.0.0.weight has shape \(32, 3, 3, 3\) in the file but \(32, 1, 3, 3\)"
+    with pytest.raises(InputError, match=shapes):
         load_checkpoint(create_model("small_cnn", 3, in_chans=1), tmp_path / "rgb.pt")
     with pytest.raises(InputError, match="another architecture"):
         load_checkpoint(create_model("small_cnn", 2), tmp_path / "ds.safetensors", new_head=True)

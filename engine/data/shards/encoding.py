@@ -2,7 +2,8 @@
 
 A block holds K events (or large-radius jets) as fixed-width columns plus per-event counts,
 compressed with LZ4 (default: decompresses ~4x faster than zstd, ~15 % larger) or zstd.
-Objects are stored in the padded order of `engine.data.objects`: electrons, muons, jets (each by pt descending), then MET as the last object, so padding is one
+Objects are stored in the padded order of `engine.data.objects`: electrons, muons, jets (each by pt
+descending), then MET as the last object, so padding is one
 vectorised scatter (`pad_into`), with no Python loop over events.
 
 Stored precision (decoded values are float32):
