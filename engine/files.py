@@ -28,7 +28,7 @@ def atomic_path(final: str | Path) -> Iterator[Path]:
     final = Path(final)
     if final.is_dir():
         raise InputError(final, "is a folder: cannot be replaced by the file to write there")
-    final.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(final.parent)
     remove_stale(final.parent, f".{final.name}{TMP_MARK}")
     tmp = final.with_name(private_name(f".{final.name}{TMP_MARK}"))
     try:
@@ -112,13 +112,22 @@ def _remove(entry: Path) -> None:
 
 def writable_folder(path: str | Path, option: str = "--out") -> Path:
     """Create folder `path` if needed; InputError naming it if it cannot be created or written."""
+    return make_folder(path, f"the {option} folder")
+
+
+def make_folder(path: str | Path, what: str = "the folder") -> Path:
+    """Create folder `path` (and its parents) if needed; InputError naming it if it, or a folder on
+    the way to it, is a file, or if it cannot be created or written."""
     path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise InputError(path, f"{option} exists and is not a folder")
+    blocking = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+    if blocking == path:
+        raise InputError(path, f"is a file, not {what}")
+    if blocking is not None:
+        raise InputError(path, f"cannot make {what}: {blocking} is a file")
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise InputError(path, f"cannot create the {option} folder ({exc.strerror or exc})") from None
+        raise InputError(path, f"cannot create {what} ({exc.strerror or exc})") from None
     if not os.access(path, os.W_OK | os.X_OK):
-        raise InputError(path, f"cannot write into the {option} folder (permission denied)")
+        raise InputError(path, f"cannot write into {what} (permission denied)")
     return path

@@ -221,3 +221,29 @@ def test_contact_sheet_of_old_shards_warns_once(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("warning") == 1 and "carry no event identity" in err
     assert (tmp_path / "img" / "contact_sheet.png").is_file()
+
+
+
+def test_render_out_under_a_file_is_one_line(tmp_path):
+    """--out that is a file, or a folder under a file: one line naming --out's path, exit 2."""
+    from tests.events import synthetic_shards
+    (tmp_path / "afile").write_text("x")
+    shards = synthetic_shards(tmp_path / "data", 20, seed=1, events_per_member=16)
+    for out in (tmp_path / "afile", tmp_path / "afile" / "sub"):
+        res = subprocess.run([sys.executable, "-m", "engine", "render", "--input", str(shards), "--n", "2",
+                              "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+        assert res.stderr.strip().splitlines() == [res.stderr.strip()] and res.stderr.startswith(f"error: {out}: ")
+    assert (tmp_path / "afile").read_text() == "x"
+
+
+def test_atomic_writes_under_a_file_name_it(tmp_path):
+    from engine.errors import InputError
+    from engine.files import atomic_path
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(InputError, match="is a file, not the folder"):
+        with atomic_path(tmp_path / "afile" / "out.json"):
+            pass
+    with pytest.raises(InputError, match=f"cannot make the folder: {tmp_path / 'afile'} is a file"):
+        with atomic_path(tmp_path / "afile" / "deeper" / "out.json"):
+            pass
