@@ -113,7 +113,7 @@ def run_sweep(path: str | Path, launcher: str = sys.executable, dry_run: bool = 
                      "train_seconds": m.get("train_seconds"), "status": m.get("status", "ok")})
     table = Path(cfg.output_root) / "sweep.csv"
     with atomic_path(table) as tmp, tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in rows for k in r)), restval="")
         writer.writeheader()
         writer.writerows(rows)
     return table

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from engine.errors import EXIT_BAD_INPUT, InputError
 from engine.training.config import TrainConfig, check_inputs, load_config
@@ -19,21 +18,14 @@ from engine.training.run_folder import guard_run_folder
 from engine.training.trainer import train
 
 
-def _train_gbt(cfg: TrainConfig, status: str) -> None:
-    if status == "same" and (Path(cfg.output_dir) / "gbt.pkl").is_file():
-        print(f"{cfg.output_dir}: already trained with this config; nothing to do")
-        return
+def _train_gbt(cfg: TrainConfig) -> None:
     from engine.training.gbt import train_gbt
-    train_gbt(cfg)
-
-
-def _train_network(cfg: TrainConfig, status: str) -> None:
-    train(cfg)
+    train_gbt(cfg)                     # does nothing for a finished run of this config
 
 
 TRAINERS = {"gbt": _train_gbt}
-"""Trainers by model name, each called as (config, run-folder status); every other model is a
-network trained by engine.training.trainer."""
+"""Trainers by model name, each called with the config; every other model is a network trained by
+engine.training.trainer (which, too, leaves a finished run of the same config untouched)."""
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -51,8 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(args.config, args.overrides)
         check_inputs(cfg)
-        status = guard_run_folder(cfg, allow_changes=args.resume_with_changes)
-        TRAINERS.get(cfg.model.name, _train_network)(cfg, status)
+        guard_run_folder(cfg, allow_changes=args.resume_with_changes)
+        TRAINERS.get(cfg.model.name, train)(cfg)
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -222,10 +222,20 @@ def test_gbt_with_the_same_config_on_a_finished_run_does_nothing(shards, tmp_pat
     assert main(base) == 0
     files = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.iterdir()}
     capsys.readouterr()
-    assert main(base) == 0 and "already trained with this config; nothing to do" in capsys.readouterr().out
+    assert main(base) == 0 and "is finished with this config; nothing to do" in capsys.readouterr().out
     assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.iterdir()} == files
     assert main(base + ["model.options.max_iter=4"]) == 2
     assert "model.options.max_iter 3 -> 4" in capsys.readouterr().err
     assert main(base + ["model.options.max_iter=4", "--resume-with-changes"]) == 0   # gbt is refitted
     assert yaml.safe_load((out / "config.yaml").read_text())["model"]["options"] == {"max_iter": 4}
     assert guard_run_folder(load_config(None, base + ["model.options.max_iter=4"])) == "same"
+
+
+def test_gbt_killed_before_its_run_json_is_trained_again(shards, tmp_path):
+    """gbt.pkl written, run.json not (killed between them): the rerun fits again and finishes."""
+    from engine.train import main
+    out = tmp_path / "gbt"
+    base = [f"data.shards={shards}", f"output_dir={out}", "model.name=gbt", "model.options.max_iter=3"]
+    assert main(base) == 0
+    (out / "run.json").unlink()
+    assert main(base) == 0 and (out / "run.json").is_file()

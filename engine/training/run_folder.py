@@ -19,7 +19,6 @@ trains. `IGNORED` keys cannot change what is trained and may differ freely.
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -28,7 +27,7 @@ import yaml
 from engine.config import to_dict
 from engine.errors import InputError
 from engine.files import atomic_path
-from engine.training.checkpoint import latest_checkpoint
+from engine.training.checkpoint import latest_checkpoint, read_trainer_state
 
 CONFIG = "config.yaml"
 CHANGES = "config_changes.yaml"
@@ -153,9 +152,7 @@ def _holds_a_run(folder: Path) -> bool:
 
 def _newest_step(folder: Path) -> int:
     newest = latest_checkpoint(folder)
-    if newest is None:
-        return 0
-    return int(json.loads((newest / "trainer_state.json").read_text()).get("step", 0))
+    return 0 if newest is None else read_trainer_state(newest).step
 
 
 def _read_yaml(path: Path, kind: type):

@@ -120,19 +120,17 @@ class Trainer:
     def __init__(self, cfg: TrainConfig):
         from accelerate import Accelerator
         from accelerate.utils import set_seed
-        from engine.data.shards import load_manifest
         from engine.models import model_input
         from engine.models.transfer import make_optimizer
         from engine.training.inputs import ModelInputs
 
-        check_inputs(cfg)   # the config against the shards, before any work (main() also guards the run folder)
+        manifest = check_inputs(cfg)   # the config against the shards, before any work
         self.cfg, train = cfg, cfg.train
         # cpu=True without CUDA: `accelerate launch --multi_gpu` then runs its processes over gloo
         # (one DDP group on the CPU) instead of as independent copies of the same job.
         self.accelerator = Accelerator(mixed_precision=train.mixed_precision, cpu=not torch.cuda.is_available(),
                                        gradient_accumulation_steps=train.grad_accum_steps)
         set_seed(train.seed)
-        manifest = load_manifest(Path(cfg.data.shards))
         self.class_names, self.dataset_kind = manifest["class_names"], manifest["kind"]
         model, self.frozen = build_model(cfg, len(self.class_names))
         self.input_kind = model_input(cfg.model.name, **cfg.model.options)
@@ -288,7 +286,8 @@ class Trainer:
         if not math.isfinite(loss):
             last = latest_checkpoint(self.cfg.output_dir)
             raise NonFiniteLoss("train", f"loss is {loss} at step {state.step}; stopped. Last good checkpoint: "
-                                         f"{last or 'none'} (lower train.lr, or check the inputs)")
+                                         f"{last or 'none'} (rerun with a lower train.lr and "
+                                         "--resume-with-changes, or into another output_dir; or check the inputs)")
         rate = window.batches * self.cfg.train.batch_size * accelerator.num_processes / max(seconds, 1e-9)
         self.log.write(step=state.step, epoch=state.epoch, split="train", loss=loss, accuracy=correct / events,
                        lr=self.scheduler.get_last_lr()[0], images_per_s=rate, seconds=state.seconds)
@@ -296,7 +295,7 @@ class Trainer:
 
     def _check_finite_weights(self) -> None:
         """Never save a checkpoint of non-finite weights."""
-        if any(not torch.isfinite(p).all() for p in self.model.parameters()):
+        if not torch.stack([torch.isfinite(p).all() for p in self.model.parameters()]).all():   # one sync
             raise NonFiniteLoss("train", f"weights became non-finite before step {self.state.step}; stopped "
                                          "without saving them")
 
