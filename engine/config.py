@@ -43,6 +43,8 @@ def load_yaml(path: str | Path) -> dict:
         data = yaml.safe_load(path.read_text())
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise InputError(path, f"not valid YAML ({exc.__class__.__name__})") from None
+    except OSError as exc:
+        raise InputError(path, f"cannot read ({exc.strerror or exc})") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -57,7 +59,7 @@ def from_dict(cls: type[T], data: dict | None, where: str = "") -> T:
         raise InputError(where or cls.__name__, f"expected a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    unknown = sorted(set(data) - set(fields))
+    unknown = sorted(set(data) - set(fields), key=str)
     if unknown:
         raise _unknown_key(_key(where, unknown[0]), fields, where)
     kwargs = {name: _coerce(hints[name], value, _key(where, name)) for name, value in data.items()}

@@ -19,17 +19,19 @@ TMP_MARK = ".tmp-"
 
 
 @contextmanager
-def atomic_path(final: str | Path) -> Iterator[Path]:
+def atomic_path(final: str | Path, sweep: bool = True) -> Iterator[Path]:
     """Yield a temporary path beside `final`; rename it to `final` on success, delete it on error.
 
     The temporary name is hidden and unique to this call (`private_name`), so temporaries of
-    `final` whose writer is gone (a killed run) are recognised and removed here first.
+    `final` whose writer is gone (a killed run) are recognised and removed here first (`sweep`; a
+    writer of many files in one folder sweeps it once with `sweep_temporaries` instead).
     """
     final = Path(final)
     if final.is_dir():
         raise InputError(final, "is a folder: cannot be replaced by the file to write there")
     make_folder(final.parent)
-    remove_stale(final.parent, f".{final.name}{TMP_MARK}")
+    if sweep:
+        remove_stale(final.parent, f".{final.name}{TMP_MARK}")
     tmp = final.with_name(private_name(f".{final.name}{TMP_MARK}"))
     try:
         yield tmp
@@ -63,6 +65,13 @@ def remove_stale(folder: Path, prefix: str) -> list[Path]:
             _remove(entry)
             removed.append(entry)
     return removed
+
+
+def sweep_temporaries(folder: Path) -> list[Path]:
+    """`remove_stale` for the temporaries of every file `atomic_path` wrote in `folder`, at once."""
+    found = folder.glob(f".*{TMP_MARK}*") if folder.is_dir() else ()
+    prefixes = {entry.name[:entry.name.rindex(TMP_MARK) + len(TMP_MARK)] for entry in found}
+    return [entry for prefix in sorted(prefixes) for entry in remove_stale(folder, prefix)]
 
 
 @contextmanager

@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _print_result(outcome: ConvertResult) -> None:
-    print(f"{outcome.source} -> {outcome.out}: {outcome.fmt}, {outcome.events_read:,} events read, "
+    print(f"{outcome.source}: {outcome.fmt}, {outcome.events_read:,} events read, "
           f"{outcome.events_accepted:,} accepted ({outcome.seconds:.1f} s)", flush=True)
 
 
@@ -51,7 +51,7 @@ def _summary(done: list[ConvertResult], failures: list[Failure]) -> None:
     read = sum(r.events_read for r in done)
     accepted = sum(r.events_accepted for r in done)
     print(f"converted {len(done)} of {len(done) + len(failures)} input(s): {read:,} events read, "
-          f"{accepted:,} accepted")
+          f"{accepted:,} accepted" + (f"; wrote {', '.join(str(r.out) for r in done)}" if done else ""))
     for failure in failures:
         print(f"error: {failure.error()}", file=sys.stderr)
     if failures:

@@ -17,16 +17,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
 
 
-def _is_shard_dir(path: Path) -> bool:
-    from engine.data.shards.manifest import TEMPORARY       # a killed `shard` run's folder is refused there
-    return (path / "manifest.json").is_file() or (path.parent / "manifest.json").is_file() \
-        or any(path.glob("*.tar")) or bool(TEMPORARY.fullmatch(path.name))
-
-
 def run(args) -> int:
     path = Path(args.path)
     problems = []
-    if path.is_dir() and _is_shard_dir(path):
+    from engine.data.shards import is_shard_path
+    if is_shard_path(path):
         from engine.data.shards.inspect import format_inspection, inspect_shards
         summary = inspect_shards(path)
         text, problems = format_inspection(summary), summary["problems"]

@@ -25,7 +25,7 @@ from engine.data import objects
 from engine.data.canonical.parquet_io import iter_batches, list_parquet, open_parquet
 from engine.data.shards import is_shard_path, locate_split
 from engine.errors import InputError
-from engine.files import atomic_path
+from engine.files import atomic_path, sweep_temporaries
 from engine.render import render_events, render_jets
 from kernels.presets import PRESETS, RenderConfig, preset
 
@@ -159,7 +159,7 @@ def to_rgb(image: np.ndarray) -> np.ndarray:
 
 def write_image(path: Path, image: np.ndarray, fmt: str) -> None:
     from PIL import Image
-    with atomic_path(path) as tmp:
+    with atomic_path(path, sweep=False) as tmp:      # the folder was swept once (run)
         if fmt == "npy":
             with open(tmp, "wb") as fh:
                 np.save(fh, image)
@@ -181,9 +181,11 @@ def legend_entries(cfg: RenderConfig) -> list[tuple[str, tuple[float, float, flo
 
 
 def sheet_layout(labels: np.ndarray, limit: int = SHEET_MAX) -> list[tuple[int, list[int]]]:
-    """(class, indices of its events, in order) per class present among the first `limit` events."""
-    first = np.arange(min(len(labels), limit))
-    return [(int(c), first[labels[first] == c].tolist()) for c in np.unique(labels[first])]
+    """(class, indices of its first events, in order) per class present: every class gets a row,
+    the rows the same number of tiles (at most), `limit` tiles in all at most."""
+    classes = np.unique(labels)
+    per_row = max(1, limit // max(len(classes), 1))
+    return [(int(c), np.flatnonzero(labels == c)[:per_row].tolist()) for c in classes]
 
 
 def contact_sheet(path: Path, images: np.ndarray, padded: dict, class_names: list[str], cfg: RenderConfig,
@@ -247,6 +249,7 @@ def run(args) -> int:
     images, skipped = draw(padded, cfg, args)
     images = images.numpy()
     out = Path(args.out)
+    sweep_temporaries(out)
     for k, image in enumerate(images):
         write_image(out / f"{k:06d}.{args.format}", image, args.format)
     source = f"{args.input}" + (f" ({args.split})" if args.split else "")

@@ -60,6 +60,8 @@ class ParquetSink:
         return self
 
     def write(self, table: pa.Table) -> None:
+        if table.num_rows == 0:            # pyarrow would add an empty row group
+            return
         self._writer.write_table(table.replace_schema_metadata(self.schema.metadata),
                                  row_group_size=schema.ROW_GROUP_ROWS)
         full, rest = divmod(table.num_rows, schema.ROW_GROUP_ROWS)

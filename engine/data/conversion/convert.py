@@ -156,8 +156,7 @@ def convert_file(job: ConvertJob) -> ConvertResult:
                 except ValueRangeError as exc:
                     raise InputError(job.source, str(exc)) from None
                 check_finite(table, job.source)
-                if table.num_rows:
-                    sink.write(table)
+                sink.write(table)
     finally:
         reader.close()
     return ConvertResult(job.source, job.out, reader.format, read, sink.rows,
@@ -185,8 +184,12 @@ def plan_jobs(inputs: list[str | Path], out_dir: str | Path, label: str, fmt: st
         raise InputError(out_dir, "output path exists and is not a folder")
     selection = PRESETS["madrazo2017"] if selection is None else selection
     jobs, seen = [], {}
+    written = {(out_dir / RECORD_NAME).resolve()}
     for source in map(Path, inputs):
         out = out_dir / f"{source.stem}.parquet"
+        written.add(out.resolve())
+        if source.resolve() in written:
+            raise InputError(source, f"is an input, and this run would overwrite it in {out_dir}")
         if out in seen:
             raise InputError(source, f"would write the same output as {seen[out]} ({out}); rename one")
         seen[out] = source

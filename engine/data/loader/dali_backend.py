@@ -39,6 +39,11 @@ class DaliLoader(StreamLoader):
                                                   "(DALI's reader shards by whole samples)")
         super().__init__(data, cfg, rank, world_size)
         self.block_events = np.concatenate([s.events for s in data.shards] or [np.zeros(0, np.int64)])
+        if 0 < len(self.block_events) < world_size:
+            raise InputError(data.root / data.split, f"{len(self.block_events)} blocks cannot be shared by "
+                                                     f"{world_size} DALI ranks (DALI splits by whole blocks): "
+                                                     "use loader.backend: torch, or shard with a smaller "
+                                                     "--events-per-member")
         self.shard_events = dali_shard_events(self.block_events, world_size)
         self.members = {(str(s.path), name): (s, j) for s in data.shards for j, name in enumerate(s.members)}
 

@@ -70,6 +70,9 @@ def _split_problem(name: str, split, n_classes: int) -> str | None:
             return f"'{where}.{key}' must be a non-negative integer"
     if not _counts(split.get("events_per_class"), n_classes):
         return f"'{where}.events_per_class' must list {n_classes} counts (one per class)"
+    identity = split.get("identity")
+    if identity is not None and not (isinstance(identity, str) and PLAIN_NAME.fullmatch(identity)):
+        return f"'{where}.identity' must be a plain file name"
     entries = split.get("shards")
     if not isinstance(entries, list):
         return f"'{where}.shards' must be a list"

@@ -65,9 +65,12 @@ class SplitData:
 
 
 def is_shard_path(path: str | Path) -> bool:
-    """Whether `path` is a shard root or a split folder of one."""
+    """Whether `path` is meant as shards: a shard root or a split folder of one, a folder of tars
+    (that lost its manifest), or the unfinished output of a killed `shard` run."""
     path = Path(path)
-    return path.is_dir() and ((path / MANIFEST).is_file() or (path.parent / MANIFEST).is_file())
+    return path.is_dir() and ((path / MANIFEST).is_file() or (path.parent / MANIFEST).is_file()
+                              or any(TEMPORARY.fullmatch(p.name) for p in (path, path.parent))
+                              or next(path.glob("*.tar"), None) is not None)
 
 
 def locate_split(path: str | Path, split: str | None = None, default: str = "train") -> tuple[Path, str]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import shutil
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +26,7 @@ from engine.data.shards import encoding
 from engine.data.shards.manifest import (IDENTITY, IDENTITY_COLUMNS, MANIFEST, MEMBER_EXT, SHARD_FORMAT,
                                          SHARD_FORMAT_VERSION, SPLITS)
 from engine.errors import InputError
-from engine.files import TMP_MARK, private_name, remove_stale
+from engine.files import TMP_MARK, make_folder, private_folder, remove_stale
 
 
 @dataclass
@@ -72,6 +71,7 @@ def read_inputs(paths: list[str | Path]) -> Inputs:
     tables, provenance = [], []
     for path, pf, meta in opened:
         table = pf.read().replace_schema_metadata(None)
+        parquet_io.check_finite(table, path)          # NaN would be stored as eta = phi = 0
         tables.append(_relabel(table, class_names, path))
         provenance.append({"file": path.name, "path": str(path), "rows": table.num_rows, "engine": meta})
     table = pa.concat_tables(tables) if tables else None
@@ -159,7 +159,7 @@ def format_index(entries: list[tuple[int, int, str]]) -> str:
 
 def write_split(inputs: Inputs, rows: np.ndarray, folder: Path, name: str, opts: ShardOptions) -> dict:
     """Encode `rows` of the inputs in blocks into folder/name; returns the split's manifest entry."""
-    folder.mkdir(parents=True)
+    folder.mkdir()
     writer = ShardWriter(folder, name, len(inputs.class_names), int(opts.shard_size_mb * 2 ** 20))
     to_block = (encoding.block_from_events_table if inputs.kind == "events"
                 else encoding.block_from_fatjets_table)
@@ -169,7 +169,8 @@ def write_split(inputs: Inputs, rows: np.ndarray, folder: Path, name: str, opts:
         try:
             block = to_block(chunk)
         except encoding.BlockError as exc:
-            raise InputError(folder.name, str(exc)) from None
+            sources = ", ".join(item["path"] for item in inputs.provenance)
+            raise InputError(sources, str(exc)) from None
         clipped += block.clipped
         writer.add(encoding.encode(block, first_index=start, codec=opts.codec),
                    block.columns["labels"])
@@ -211,6 +212,7 @@ def write_shards(paths: list[str | Path], out: str | Path, opts: ShardOptions) -
     """Parquet files/folders `paths` -> shard folder `out` (atomically). Returns the manifest."""
     out = Path(out)
     prefix = f".{out.name}{TMP_MARK}"
+    make_folder(out.parent, "the folder of the shards")
     remove_stale(out.parent, prefix)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise InputError(out, "already exists and is not an empty folder")
@@ -219,13 +221,13 @@ def write_shards(paths: list[str | Path], out: str | Path, opts: ShardOptions) -
         raise InputError(", ".join(map(str, paths)), "inputs hold no events")
     labels = inputs.table.column("label").to_numpy()
     plan = plan_splits(labels, len(inputs.class_names), opts)
-    tmp = out.with_name(private_name(prefix))
-    try:
+    with private_folder(out.parent, prefix) as tmp:
         splits = {name: write_split(inputs, rows, tmp / name, name, opts) for name, rows in plan.items()}
         manifest = build_manifest(inputs, splits, opts)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, default=schema._json_default))
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+        try:
+            os.replace(tmp, out)
+        except OSError as exc:
+            raise InputError(out, f"cannot be put in place ({exc.strerror}): did another run write it "
+                                  "meanwhile?") from None
     return manifest
