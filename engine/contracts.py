@@ -19,6 +19,7 @@ F_PT, F_ETA, F_PHI, F_MASS, F_BTAG, F_CHARGE = range(len(FEATURES))
 CONSTITUENT_FEATURES = ("pt", "eta", "phi", "charge", "pid")
 """Columns of the padded large-radius-jet constituents: pt [GeV], eta, phi [rad], charge, pid."""
 FATJET_FEATURES = ("pt", "eta", "phi", "mass")
+FATJET_WIDTH = len(FATJET_FEATURES)
 """Columns of the large-radius jet itself: pt [GeV], eta, phi [rad], mass [GeV]."""
 KERNEL_MIN_FEATURES = F_PHI + 1
 """Columns the kernels read of each object and constituent at least: pt, eta, phi."""

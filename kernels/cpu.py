@@ -21,10 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.contracts import FATJET_FEATURES, KERNEL_MIN_FEATURES
+from engine.contracts import FATJET_WIDTH, KERNEL_MIN_FEATURES
 
 HERE = Path(__file__).parent
-FATJET_WIDTH = len(FATJET_FEATURES)
 SOURCES = (HERE / "render_common.h", HERE / "cpu_twin.cpp")
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-std=c++17",
          "-ffp-contract=off", "-fno-math-errno"]

@@ -20,10 +20,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engine.contracts import FATJET_FEATURES, KERNEL_MIN_FEATURES
+from engine.contracts import FATJET_WIDTH, KERNEL_MIN_FEATURES
 
 HERE = Path(__file__).parent
-FATJET_WIDTH = len(FATJET_FEATURES)
 DTYPES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2, torch.uint8: 3}
 EVENT_CHANNELS = (1, 3, 5)
 BLOCK = 256

@@ -48,18 +48,19 @@ class Step:
     done: bool | None = None
 
 
-def data_steps(out: Path, events: int, workers: int, seed: int) -> list[list[str]]:
-    """Generate, inspect, shard and draw, as `python -m engine` argument lists."""
+def data_steps(out: Path, events: int, workers: int, seed: int) -> dict[str, list]:
+    """Generate (one argument list per class), inspect, shard and draw, as `python -m engine`
+    argument lists by step name."""
     parquet = out / "parquet"
-    plan = [["generate", "--process", name, "--events", str(events), "--out", str(parquet),
-             "--seed", str(seed + i), "--workers", str(workers)] for i, name in enumerate(CLASSES)]
-    return plan + [
-        ["inspect", str(parquet)],
-        ["shard", "--input", str(parquet), "--out", str(out / "shards"), "--seed", str(seed)],
-        ["inspect", str(out / "shards")],
-        ["render", "--input", str(out / "shards"), "--split", "train", "--n", str(SHEET_PER_CLASS),
-         "--per-class", "--preset", "madrazo2017", "--format", "png", "--out", str(out / "images")],
-    ]
+    return {
+        "generate": [["generate", "--process", name, "--events", str(events), "--out", str(parquet),
+                      "--seed", str(seed + i), "--workers", str(workers)] for i, name in enumerate(CLASSES)],
+        "inspect_parquet": ["inspect", str(parquet)],
+        "shard": ["shard", "--input", str(parquet), "--out", str(out / "shards"), "--seed", str(seed)],
+        "inspect_shards": ["inspect", str(out / "shards")],
+        "render": ["render", "--input", str(out / "shards"), "--split", "train", "--n", str(SHEET_PER_CLASS),
+                   "--per-class", "--preset", "madrazo2017", "--format", "png", "--out", str(out / "images")],
+    }
 
 
 def train_command(model: str, out: Path, seed: int) -> list[str]:
@@ -134,13 +135,13 @@ def plan(out: Path, settings: dict) -> list[Step]:
     """Every step of the demo, each marked done where its complete output is already in `out`.
     InputError where an output is there but one it was made from is not (changed by hand)."""
     data = data_steps(out, settings["events"], settings["workers"], settings["seed"])
-    gen = [Step(argv, done=_generated(out, i, settings)) for i, argv in enumerate(data[:3])]
-    shard = Step(data[4], done=_sharded(out, settings))
-    render = Step(data[6], done=(out / "images" / "contact_sheet.png").is_file())
+    gen = [Step(argv, done=_generated(out, i, settings)) for i, argv in enumerate(data["generate"])]
+    shard = Step(data["shard"], done=_sharded(out, settings))
+    render = Step(data["render"], done=(out / "images" / "contact_sheet.png").is_file())
     trains = [Step(train_command(m, out, settings["seed"]), python=True, done=_trained(out, m, settings))
               for m in MODELS]
     _check_order(out, [(shard, gen), (render, [shard]), *((t, [shard]) for t in trains)])
-    return [*gen, Step(data[3]), shard, Step(data[5]), render, *trains,
+    return [*gen, Step(data["inspect_parquet"]), shard, Step(data["inspect_shards"]), render, *trains,
             *(Step(evaluate_command(m, out)) for m in MODELS)]
 
 
