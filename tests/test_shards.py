@@ -19,8 +19,8 @@ from engine.data import objects, shards
 from engine.data.canonical import parquet_io, schema
 from engine.data.generation import synthetic
 from engine.data.shards import encoding
-from engine.data.shards.manifest import MEMBER_EXT
-from engine.data.shards.writer import plan_splits
+from engine.data.shards.manifest import MEMBER_EXT, SPLITS
+from engine.data.shards.plan import assign_splits, event_keys, plan_splits, sort_order
 from engine.errors import InputError
 
 N_PER_CLASS = 500
@@ -53,10 +53,16 @@ def _split_blocks(root, split):
 
 
 def _expected_rows(inputs_folder, split, seed, **kw):
+    """The events of `split` in the order written: all in one bucket, sorted by key."""
     inputs = shards.read_inputs([inputs_folder])
     opts = shards.ShardOptions(seed=seed, **kw)
-    plan = plan_splits(inputs.table.column("label").to_numpy(), len(inputs.class_names), opts)
-    return inputs.table.take(pa.array(plan[split]))
+    table, rows = inputs.table, [p["rows"] for p in inputs.provenance]
+    labels = table.column("label").to_numpy()
+    keys = event_keys(seed, labels, *(table.column(c).to_numpy() for c in ("run", "lumi", "event")))
+    order = sort_order(keys, np.repeat(np.arange(len(rows)), rows), np.concatenate([np.arange(n) for n in rows]))
+    plan = plan_splits(np.bincount(labels, minlength=len(inputs.class_names))[:, None], opts.split, opts.balance)
+    codes = assign_splits(labels[order], plan.class_start[:, 0], plan.cuts)
+    return table.take(pa.array(order[codes == SPLITS.index(split)]))
 
 
 def _assert_close(ref, got, kind):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 
 from engine.data.shards import ShardOptions, write_shards
 from engine.errors import InputError
@@ -19,6 +20,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="events per tar member (one compressed block)")
     parser.add_argument("--codec", default="lz4", choices=("lz4", "zstd", "none"),
                         help="block compression: lz4 (fast) or zstd (smaller)")
+    parser.add_argument("--memory-gb", default="2.0",
+                        help="memory bound of each process in GB (beyond the interpreter's own): "
+                             "sets the number of buckets the events are shuffled through on disk")
 
 
 def _fractions(text: str) -> tuple[float, float, float]:
@@ -31,16 +35,27 @@ def _fractions(text: str) -> tuple[float, float, float]:
     return values
 
 
+def _memory_gb(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise InputError("--memory-gb", f"expected a number of GB > 0, got {text!r}")
+    return value
+
+
 def run(args: argparse.Namespace) -> int:
+    memory_gb = _memory_gb(args.memory_gb)
     try:
         opts = ShardOptions(split=_fractions(args.split), balance=args.balance, seed=args.seed,
                             shard_size_mb=args.shard_size_mb, events_per_member=args.events_per_member,
-                            codec=args.codec)
+                            codec=args.codec, memory_gb=memory_gb)
     except ValueError as exc:
         raise InputError("options", str(exc)) from None
     manifest = write_shards(args.input, args.out, opts)
     print(f"{args.out}: {manifest['kind']}, classes {', '.join(manifest['class_names'])}, "
-          f"{manifest['bytes_per_event']:.1f} bytes/event")
+          f"{manifest['bytes_per_event']:.1f} bytes/event, {manifest['buckets']} bucket(s)")
     for name, split in manifest["splits"].items():
         print(f"  {name:5s} {split['events']:>10d} events  {len(split['shards']):>4d} shards  "
               f"per class {split['events_per_class']}")

@@ -8,10 +8,12 @@ Layout of a shard folder:
   train/identity.parquet        the format of DALI's wds2idx ("v1.2 N", then "blk OFFSET SIZE NAME");
   val/...  test/...             identity: run, lumi, event of each event, by split-wide index
 """
+from engine.data.shards.external import write_shards
+from engine.data.shards.inputs import read_inputs
 from engine.data.shards.manifest import MANIFEST, SPLITS
 from engine.data.shards.reader import (is_shard_path, load_manifest, locate_split, open_split,
                                        read_identity)
-from engine.data.shards.writer import ShardOptions, read_inputs, write_shards
+from engine.data.shards.writer import ShardOptions
 
 __all__ = ["MANIFEST", "SPLITS", "ShardOptions", "is_shard_path", "load_manifest", "locate_split",
            "open_split", "read_identity", "read_inputs", "write_shards"]

@@ -1,0 +1,117 @@
+"""`shard` as an external shuffle: canonical Parquet -> shards per split in bounded memory.
+
+1. Pass 1 streams the inputs batch by batch (engine.data.shards.inputs) and scatters every event
+   into a bucket of its seeded key (engine.data.shards.spill), counting events per (class, bucket).
+2. The split plan follows from the counts alone (engine.data.shards.plan).
+3. One independent task per bucket sorts the bucket by key and writes its shards and identity
+   slice per split (engine.data.shards.writer.write_bucket).
+4. The buckets' shards are named `<split>-NNNNN.tar` in bucket order, their identity slices joined
+   into each split's identity.parquet, and manifest.json written.
+
+The number of buckets follows from the inputs' size and `memory_gb` only, so the output is the
+same bytes whoever runs the buckets. Everything is written into the hidden folder
+.<out>.tmp-<pid>-<host>-<random> (the spilled events in its `spill/`, removed first) and renamed
+into place at the end; readers refuse such a folder, and the next run removes those of killed runs.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from engine.data.canonical import schema
+from engine.data.shards.inputs import InputSet, iter_tables, open_inputs
+from engine.data.shards.manifest import IDENTITY, MANIFEST, SPLITS
+from engine.data.shards.plan import SplitPlan, bucket_bits, plan_splits
+from engine.data.shards.spill import Spill
+from engine.data.shards.writer import (IDENTITY_SCHEMA, BucketContext, BucketJob, ShardOptions,
+                                       build_manifest, write_bucket)
+from engine.errors import InputError
+from engine.files import TMP_MARK, make_folder, private_folder, remove_stale
+
+MEMORY_SHARES = 4
+"""A bucket decoded, and the events pass 1 holds before spilling, are each 1/MEMORY_SHARES of
+`memory_gb`: a bucket task holds its bucket about twice at its peak (read back, then joined)."""
+
+
+def write_shards(paths: list[str | Path], out: str | Path, opts: ShardOptions) -> dict:
+    """Parquet files/folders `paths` -> shard folder `out` (atomically). Returns the manifest."""
+    out = Path(out)
+    prefix = f".{out.name}{TMP_MARK}"
+    make_folder(out.parent, "the folder of the shards")
+    remove_stale(out.parent, prefix)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise InputError(out, "already exists and is not an empty folder")
+    inputs = open_inputs(paths)
+    if inputs.rows == 0:
+        raise InputError(", ".join(map(str, paths)), "inputs hold no events")
+    share = opts.memory_gb * 2 ** 30 / MEMORY_SHARES
+    bits = bucket_bits(inputs.rows, inputs.arrow_bytes, share, opts.max_bucket_events)
+    with private_folder(out.parent, prefix) as tmp:
+        spill = _scatter(inputs, tmp / "spill", bits, opts.seed, int(share))
+        plan = plan_splits(spill.counts, opts.split, opts.balance)
+        for split in SPLITS:
+            (tmp / split).mkdir()
+        context = BucketContext(str(tmp), inputs.kind, len(inputs.class_names),
+                                tuple(map(tuple, plan.cuts.tolist())), opts, inputs.sources)
+        written = run_buckets(_jobs(spill, plan), context)
+        shutil.rmtree(tmp / "spill")
+        splits = {split: _join_split(tmp / split, split, [parts[s] for parts in written],
+                                     len(inputs.class_names)) for s, split in enumerate(SPLITS)}
+        manifest = build_manifest(inputs.kind, inputs.class_names, inputs.provenance, splits, opts,
+                                  spill.n_buckets)
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, default=schema._json_default))
+        try:
+            os.replace(tmp, out)
+        except OSError as exc:
+            raise InputError(out, f"cannot be put in place ({exc.strerror}): did another run write it "
+                                  "meanwhile?") from None
+    return manifest
+
+
+def _scatter(inputs: InputSet, folder: Path, bits: int, seed: int, budget_bytes: int) -> Spill:
+    folder.mkdir()
+    spill = Spill(folder, bits, len(inputs.class_names), seed, budget_bytes)
+    for ordinal, first_row, table in iter_tables(inputs):
+        spill.add(ordinal, first_row, table)
+    spill.flush()
+    return spill
+
+
+def _jobs(spill: Spill, plan: SplitPlan) -> list[BucketJob]:
+    """A job per bucket that holds events of some split, in bucket order."""
+    return [BucketJob(b, tuple(spill.parts[b]), tuple(plan.class_start[:, b].tolist()),
+                      tuple(plan.split_counts[:, b].tolist()), tuple(plan.split_start[:, b].tolist()))
+            for b in np.flatnonzero(plan.split_counts.sum(axis=0)).tolist()]
+
+
+def run_buckets(jobs: list[BucketJob], context: BucketContext) -> list[list[dict]]:
+    """write_bucket of every job, results in job order."""
+    return [write_bucket(job, context) for job in jobs]
+
+
+def _join_split(folder: Path, split: str, parts: list[dict], n_classes: int) -> dict:
+    """Name the buckets' shards `<split>-NNNNN` in bucket order, join their identity slices into
+    identity.parquet (sorted by index, one slice in memory at a time); the split's manifest entry."""
+    shards = []
+    for part in parts:
+        for entry in part["shards"]:
+            stem = f"{split}-{len(shards):05d}"
+            for key, suffix in (("name", ".tar"), ("index", ".idx")):
+                os.replace(folder / entry[key], folder / f"{stem}{suffix}")
+            shards.append({**entry, "name": f"{stem}.tar", "index": f"{stem}.idx"})
+    with pq.ParquetWriter(folder / IDENTITY, IDENTITY_SCHEMA, compression="zstd") as identity:
+        for name in (part["identity"] for part in parts if part["identity"]):
+            identity.write_table(pa.ipc.open_file(pa.memory_map(str(folder / name))).read_all())
+            (folder / name).unlink()
+    per_class = np.zeros(n_classes, np.int64)
+    for entry in shards:
+        per_class += entry["events_per_class"]
+    return {"events": int(sum(p["events"] for p in parts)), "bytes": int(sum(s["bytes"] for s in shards)),
+            "events_per_class": per_class.tolist(), "eta_clipped": int(sum(p["eta_clipped"] for p in parts)),
+            "shards": shards, "identity": IDENTITY}
