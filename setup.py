@@ -22,6 +22,9 @@ INSTALL_REQUIRES = [
     "timm>=1.0",
     "scikit-learn>=1.4",
     "tensorboard>=2.15",
+    # Scale-out: the executors of engine.data.tasks (a Dask cluster; HTCondor/Slurm via jobqueue).
+    "distributed>=2024.8",
+    "dask-jobqueue>=0.9",
 ]
 
 setup(
