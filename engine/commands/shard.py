@@ -5,6 +5,7 @@ import argparse
 import math
 
 from engine.data.shards import ShardOptions, write_shards
+from engine.data.tasks import add_executor_arguments, executor_spec
 from engine.errors import InputError
 
 
@@ -23,6 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--memory-gb", default="2.0",
                         help="memory bound of each process in GB (beyond the interpreter's own): "
                              "sets the number of buckets the events are shuffled through on disk")
+    add_executor_arguments(parser)
 
 
 def _fractions(text: str) -> tuple[float, float, float]:
@@ -46,14 +48,14 @@ def _memory_gb(text: str) -> float:
 
 
 def run(args: argparse.Namespace) -> int:
-    memory_gb = _memory_gb(args.memory_gb)
+    memory_gb, executor = _memory_gb(args.memory_gb), executor_spec(args)
     try:
         opts = ShardOptions(split=_fractions(args.split), balance=args.balance, seed=args.seed,
                             shard_size_mb=args.shard_size_mb, events_per_member=args.events_per_member,
                             codec=args.codec, memory_gb=memory_gb)
     except ValueError as exc:
         raise InputError("options", str(exc)) from None
-    manifest = write_shards(args.input, args.out, opts)
+    manifest = write_shards(args.input, args.out, opts, executor, progress=None)
     print(f"{args.out}: {manifest['kind']}, classes {', '.join(manifest['class_names'])}, "
           f"{manifest['bytes_per_event']:.1f} bytes/event, {manifest['buckets']} bucket(s)")
     for name, split in manifest["splits"].items():

@@ -31,6 +31,7 @@ from engine.data.shards.plan import SplitPlan, bucket_bits, plan_splits
 from engine.data.shards.spill import Spill
 from engine.data.shards.writer import (IDENTITY_SCHEMA, BucketContext, BucketJob, ShardOptions,
                                        build_manifest, write_bucket)
+from engine.data.tasks import ExecutorSpec, Task, run_tasks
 from engine.errors import InputError
 from engine.files import TMP_MARK, make_folder, private_folder, remove_stale
 
@@ -39,8 +40,12 @@ MEMORY_SHARES = 4
 `memory_gb`: a bucket task holds its bucket about twice at its peak (read back, then joined)."""
 
 
-def write_shards(paths: list[str | Path], out: str | Path, opts: ShardOptions) -> dict:
-    """Parquet files/folders `paths` -> shard folder `out` (atomically). Returns the manifest."""
+def write_shards(paths: list[str | Path], out: str | Path, opts: ShardOptions,
+                 executor: ExecutorSpec | None = None, progress: bool | None = False) -> dict:
+    """Parquet files/folders `paths` -> shard folder `out` (atomically). Returns the manifest.
+
+    The bucket tasks run on `executor` (default: in this process); Dask workers must see the
+    folder of `out` at the same path. `progress`: a bar over the buckets (None: on a terminal)."""
     out = Path(out)
     prefix = f".{out.name}{TMP_MARK}"
     make_folder(out.parent, "the folder of the shards")
@@ -59,7 +64,7 @@ def write_shards(paths: list[str | Path], out: str | Path, opts: ShardOptions) -
             (tmp / split).mkdir()
         context = BucketContext(str(tmp), inputs.kind, len(inputs.class_names),
                                 tuple(map(tuple, plan.cuts.tolist())), opts, inputs.sources)
-        written = run_buckets(_jobs(spill, plan), context)
+        written = run_buckets(_jobs(spill, plan), context, executor or ExecutorSpec(), progress)
         shutil.rmtree(tmp / "spill")
         splits = {split: _join_split(tmp / split, split, [parts[s] for parts in written],
                                      len(inputs.class_names)) for s, split in enumerate(SPLITS)}
@@ -90,9 +95,12 @@ def _jobs(spill: Spill, plan: SplitPlan) -> list[BucketJob]:
             for b in np.flatnonzero(plan.split_counts.sum(axis=0)).tolist()]
 
 
-def run_buckets(jobs: list[BucketJob], context: BucketContext) -> list[list[dict]]:
-    """write_bucket of every job, results in job order."""
-    return [write_bucket(job, context) for job in jobs]
+def run_buckets(jobs: list[BucketJob], context: BucketContext, executor: ExecutorSpec,
+                progress: bool | None) -> list[list[dict]]:
+    """write_bucket of every job on `executor`, results in job order."""
+    tasks = [Task(f"bucket-{job.bucket:05d}", write_bucket, (job, context), events=sum(job.split_counts))
+             for job in jobs]
+    return run_tasks(tasks, executor, progress=progress, desc="shard", hint="nothing was written")
 
 
 def _join_split(folder: Path, split: str, parts: list[dict], n_classes: int) -> dict:
