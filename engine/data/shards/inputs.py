@@ -2,8 +2,8 @@
 
 `open_inputs` opens every file first (so a foreign or mixed input is refused before anything is
 written), checks that they share one kind, and takes the sorted union of their class names.
-`iter_tables` then yields batches of a row group's size, labels re-derived from `process` in the
-union and floats checked to be finite. Memory is one batch, whatever the number of events.
+`iter_tables` then yields row group after row group, labels re-derived from `process` in the
+union and floats checked to be finite. Memory is one row group, whatever the number of events.
 """
 from __future__ import annotations
 
@@ -66,13 +66,12 @@ def open_inputs(paths: list[str | Path]) -> InputSet:
 
 
 def iter_tables(inputs: InputSet) -> Iterator[tuple[int, int, pa.Table]]:
-    """(file ordinal, row of the first event in its file, table) per batch of ROW_GROUP_ROWS events
-    of every input,
+    """(file ordinal, row of the first event in its file, table) per row group of every input,
     labels relabelled into `inputs.class_names`, without schema metadata."""
     for ordinal, (path, pf, _) in enumerate(inputs._opened):
         first = 0
-        for batch in pf.iter_batches(batch_size=schema.ROW_GROUP_ROWS):
-            table = pa.Table.from_batches([batch]).replace_schema_metadata(None)
+        for group in range(pf.metadata.num_row_groups):   # iter_batches keeps what it read
+            table = pf.read_row_group(group).replace_schema_metadata(None)
             parquet_io.check_finite(table, path)          # NaN would be stored as eta = phi = 0
             yield ordinal, first, _relabel(table, inputs.class_names, path)
             first += table.num_rows

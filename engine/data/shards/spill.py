@@ -17,6 +17,8 @@ import pyarrow as pa
 from engine.data.shards.plan import buckets_of, event_keys
 
 KEY_COLUMNS = ("_key", "_file", "_row")
+COMBINE_BYTES = 16 * 2 ** 20
+"""A bucket's slices of one spill file are joined into one record batch below this size."""
 
 Part = tuple[str, int, int]
 """(spill file, first record batch, number of record batches) of one bucket in one spill file."""
@@ -65,7 +67,10 @@ class Spill:
             for b in np.flatnonzero(sizes.sum(axis=0)):
                 slices = [table.slice(bounds[b], bounds[b + 1] - bounds[b])
                           for (table, bounds), size in zip(self._held, sizes[:, b]) if size]
-                batches = pa.concat_tables(slices).combine_chunks().to_batches()
+                table = pa.concat_tables(slices)
+                if table.nbytes < COMBINE_BYTES:          # many small slices: one batch
+                    table = table.combine_chunks()
+                batches = table.to_batches()
                 for batch in batches:
                     writer.write_batch(batch)
                 self.parts[b].append((str(path), written, len(batches)))
