@@ -243,3 +243,21 @@ def test_killed_mid_run_leaves_nothing_visible_and_the_rerun_succeeds(inputs, tm
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
     _write(inputs, tmp_path / "ref", memory_gb=0.00002)
     assert _digest(out) == _digest(tmp_path / "ref")
+
+
+def test_a_value_no_block_can_hold_is_one_line_and_nothing_is_left(tmp_path):
+    for process in ("ttbar", "dy"):
+        table = schema.events_table(synthetic.synthetic_events(process, 300, 1), process, ["dy", "ttbar"])
+        if process == "dy":
+            met = table.column("met_pt").to_numpy().copy()
+            met[200] = 70000.0                                 # above float16's largest value
+            index = table.schema.get_field_index("met_pt")
+            table = table.set_column(index, table.schema.field(index), pa.array(met))
+        parquet_io.write_table(tmp_path / "in" / f"{process}.parquet", table, "events", ["dy", "ttbar"], {})
+    result = _cli("--input", tmp_path / "in", "--out", tmp_path / "out", "--memory-gb", "0.00002",
+                  "--workers", "2")
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    line = result.stderr.strip()
+    assert "\n" not in line and "task(s) failed" in line and "'pt' has values not representable" in line
+    assert str(tmp_path / "in" / "dy.parquet") in line and "nothing was written" in line
+    assert sorted(os.listdir(tmp_path)) == ["in"]

@@ -152,7 +152,8 @@ def _write_split_part(table: pa.Table, rows: np.ndarray, folder: Path, job: Buck
     clipped, size = 0, ctx.opts.events_per_member
     for start in range(0, len(rows), size):
         try:
-            block = to_block(table.take(pa.array(rows[start:start + size])))
+            with np.errstate(over="ignore"):              # an overflow is refused as a BlockError
+                block = to_block(table.take(pa.array(rows[start:start + size])))
         except encoding.BlockError as exc:
             raise InputError(ctx.sources, str(exc)) from None
         clipped += block.clipped
