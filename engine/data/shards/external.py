@@ -1,17 +1,19 @@
 """`shard` as an external shuffle: canonical Parquet -> shards per split in bounded memory.
 
-1. Pass 1 streams the inputs batch by batch (engine.data.shards.inputs) and scatters every event
-   into a bucket of its seeded key (engine.data.shards.spill), counting events per (class, bucket).
+1. Pass 1, a read task per slice of the inputs (engine.data.shards.inputs), streams it row group
+   by row group and scatters every event into a bucket of its seeded key, into the task's own
+   spill files (engine.data.shards.spill), counting events per (class, bucket).
 2. The split plan follows from the counts alone (engine.data.shards.plan).
 3. One independent task per bucket sorts the bucket by key and writes its shards and identity
    slice per split (engine.data.shards.writer.write_bucket).
 4. The buckets' shards are named `<split>-NNNNN.tar` in bucket order, their identity slices joined
    into each split's identity.parquet, and manifest.json written.
 
-The number of buckets follows from the inputs' size and `memory_gb` only, so the output is the
-same bytes whoever runs the buckets. Everything is written into the hidden folder
-.<out>.tmp-<pid>-<host>-<random> (the spilled events in its `spill/`, removed first) and renamed
-into place at the end; readers refuse such a folder, and the next run removes those of killed runs.
+Both passes run on the engine's task executor (engine.data.tasks). The number of buckets follows
+from the inputs' size and `memory_gb` only, so the output is the same bytes whoever runs the
+tasks. Everything is written into the hidden folder .<out>.tmp-<pid>-<host>-<random> (the spilled
+events in its `spill/`, removed first) and renamed into place at the end; readers refuse such a
+folder, and the next run removes those of killed runs.
 """
 from __future__ import annotations
 
@@ -25,13 +27,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from engine.data.canonical import schema
-from engine.data.shards.inputs import InputSet, iter_tables, open_inputs
+from engine.data.shards.inputs import InputSet, open_inputs
 from engine.data.shards.manifest import IDENTITY, MANIFEST, SPLITS
 from engine.data.shards.plan import SplitPlan, bucket_bits, plan_splits
-from engine.data.shards.spill import Spill
+from engine.data.shards.spill import Part, scatter_slice
 from engine.data.shards.writer import (IDENTITY_SCHEMA, BucketContext, BucketJob, ShardOptions,
                                        build_manifest, write_bucket)
-from engine.data.tasks import ExecutorSpec, Task, run_tasks
+from engine.data.tasks import ExecutorSpec, Task, TaskFailures, run_tasks
 from engine.errors import InputError
 from engine.files import TMP_MARK, make_folder, private_folder, remove_stale
 
@@ -58,18 +60,20 @@ def write_shards(paths: list[str | Path], out: str | Path, opts: ShardOptions,
     share = opts.memory_gb * 2 ** 30 / MEMORY_SHARES
     bits = bucket_bits(inputs.rows, inputs.arrow_bytes, share, opts.max_bucket_events)
     with private_folder(out.parent, prefix) as tmp:
-        spill = _scatter(inputs, tmp / "spill", bits, opts.seed, int(share))
-        plan = plan_splits(spill.counts, opts.split, opts.balance)
+        executor = executor or ExecutorSpec()
+        counts, parts = _scatter(inputs, tmp / "spill", bits, opts.seed, int(share), executor, progress)
+        plan = plan_splits(counts, opts.split, opts.balance)
         for split in SPLITS:
             (tmp / split).mkdir()
         context = BucketContext(str(tmp), inputs.kind, len(inputs.class_names),
                                 tuple(map(tuple, plan.cuts.tolist())), opts, inputs.sources)
-        written = run_buckets(_jobs(spill, plan), context, executor or ExecutorSpec(), progress)
+        jobs = _jobs(parts, plan)
+        written = _run([Task(f"bucket-{job.bucket:05d}", write_bucket, (job, context), events=sum(job.split_counts))
+                        for job in jobs], executor, progress, "shard: write")
         shutil.rmtree(tmp / "spill")
         splits = {split: _join_split(tmp / split, split, [parts[s] for parts in written],
                                      len(inputs.class_names)) for s, split in enumerate(SPLITS)}
-        manifest = build_manifest(inputs.kind, inputs.class_names, inputs.provenance, splits, opts,
-                                  spill.n_buckets)
+        manifest = build_manifest(inputs.kind, inputs.class_names, inputs.provenance, splits, opts, 1 << bits)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, default=schema._json_default))
         try:
             os.replace(tmp, out)
@@ -79,28 +83,39 @@ def write_shards(paths: list[str | Path], out: str | Path, opts: ShardOptions,
     return manifest
 
 
-def _scatter(inputs: InputSet, folder: Path, bits: int, seed: int, budget_bytes: int) -> Spill:
+def _scatter(inputs: InputSet, folder: Path, bits: int, seed: int, budget_bytes: int,
+             executor: ExecutorSpec, progress: bool | None) -> tuple[np.ndarray, list[list[Part]]]:
+    """Pass 1 on `executor`, a read task per input slice: events per (class, bucket), and each
+    bucket's spill parts in input order."""
     folder.mkdir()
-    spill = Spill(folder, bits, len(inputs.class_names), seed, budget_bytes)
-    for ordinal, first_row, table in iter_tables(inputs):
-        spill.add(ordinal, first_row, table)
-    spill.flush()
-    return spill
+    tasks = [Task(f"read-{i:05d}", scatter_slice, (piece, inputs.class_names, str(folder), bits, seed,
+                                                    budget_bytes), events=piece.rows)
+             for i, piece in enumerate(inputs.slices)]
+    counts = np.zeros((len(inputs.class_names), 1 << bits), np.int64)
+    parts: list[list[Part]] = [[] for _ in range(1 << bits)]
+    for task_counts, task_parts in _run(tasks, executor, progress, "shard: read"):
+        counts += np.asarray(task_counts, np.int64)
+        for b, found in task_parts.items():
+            parts[b] += found
+    return counts, parts
 
 
-def _jobs(spill: Spill, plan: SplitPlan) -> list[BucketJob]:
+def _jobs(parts: list[list[Part]], plan: SplitPlan) -> list[BucketJob]:
     """A job per bucket that holds events of some split, in bucket order."""
-    return [BucketJob(b, tuple(spill.parts[b]), tuple(plan.class_start[:, b].tolist()),
+    return [BucketJob(b, tuple(parts[b]), tuple(plan.class_start[:, b].tolist()),
                       tuple(plan.split_counts[:, b].tolist()), tuple(plan.split_start[:, b].tolist()))
             for b in np.flatnonzero(plan.split_counts.sum(axis=0)).tolist()]
 
 
-def run_buckets(jobs: list[BucketJob], context: BucketContext, executor: ExecutorSpec,
-                progress: bool | None) -> list[list[dict]]:
-    """write_bucket of every job on `executor`, results in job order."""
-    tasks = [Task(f"bucket-{job.bucket:05d}", write_bucket, (job, context), events=sum(job.split_counts))
-             for job in jobs]
-    return run_tasks(tasks, executor, progress=progress, desc="shard", hint="nothing was written")
+def _run(tasks: list[Task], executor: ExecutorSpec, progress: bool | None, desc: str) -> list:
+    """run_tasks; the first task that failed on bad input is that input's one-line error."""
+    try:
+        return run_tasks(tasks, executor, progress=progress, desc=desc, hint="nothing was written")
+    except TaskFailures as exc:
+        bad = next((f for f in exc.failed if f.bad_input), None)
+        if bad is None:
+            raise
+        raise InputError(bad.source, bad.problem) from None
 
 
 def _join_split(folder: Path, split: str, parts: list[dict], n_classes: int) -> dict:

@@ -1,8 +1,9 @@
 """Pass 1 of `shard`: scatter the input events into buckets of their key, on disk.
 
-Each incoming table gets its key columns (`_key`, `_file`, `_row`, see engine.data.shards.plan),
+`scatter_slice` is one read task: a slice of an input file (engine.data.shards.inputs) through a
+`Spill`. Each incoming table gets its key columns (`_key`, `_file`, `_row`, see engine.data.shards.plan),
 is sorted by bucket and kept in memory until `budget_bytes` are held; then the held events are
-written as one Arrow IPC file (`run-NNNNN.arrow`), bucket after bucket, one or more record batches
+written as one Arrow IPC file (`<prefix>-NNNNN.arrow`), bucket after bucket, one or more record batches
 per bucket. `Spill.parts[b]` lists where bucket b's batches lie, so `read_bucket` reads back one
 bucket (memory-mapped) without touching the others. The `process` column is not carried: labels
 already are the union's.
@@ -14,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from engine.data.shards.inputs import Slice, read_slice
 from engine.data.shards.plan import buckets_of, event_keys
 
 KEY_COLUMNS = ("_key", "_file", "_row")
@@ -27,8 +29,9 @@ Part = tuple[str, int, int]
 class Spill:
     """Scatters tables into `2 ** bits` buckets under `folder`; counts events per (class, bucket)."""
 
-    def __init__(self, folder: Path, bits: int, n_classes: int, seed: int, budget_bytes: int):
-        self.folder, self.bits, self.seed, self.budget_bytes = folder, bits, seed, budget_bytes
+    def __init__(self, folder: Path, prefix: str, bits: int, n_classes: int, seed: int, budget_bytes: int):
+        self.folder, self.prefix, self.bits, self.seed = folder, prefix, bits, seed
+        self.budget_bytes = budget_bytes
         self.n_buckets = 1 << bits
         self.parts: list[list[Part]] = [[] for _ in range(self.n_buckets)]
         self.counts = np.zeros((n_classes, self.n_buckets), np.int64)
@@ -60,7 +63,7 @@ class Spill:
         """Write the held events into the next spill file."""
         if not self._held:
             return
-        path = self.folder / f"run-{self.files:05d}.arrow"
+        path = self.folder / f"{self.prefix}-{self.files:05d}.arrow"
         sizes = np.stack([np.diff(bounds) for _, bounds in self._held])       # (held tables, B)
         with pa.ipc.new_file(path, self._held[0][0].schema) as writer:
             written = 0
@@ -77,6 +80,18 @@ class Spill:
                 written += len(batches)
         self.files += 1
         self._held, self._held_bytes = [], 0
+
+
+def scatter_slice(piece: Slice, class_names: list[str], folder: str, bits: int, seed: int,
+                  budget_bytes: int) -> tuple[list[list[int]], dict[int, list[Part]]]:
+    """One read task: the events of `piece` into spill files under `folder`. Returns the events
+    per (class, bucket) and the parts of every bucket that got events."""
+    prefix = f"f{piece.ordinal:05d}-g{piece.first_group:06d}"
+    spill = Spill(Path(folder), prefix, bits, len(class_names), seed, budget_bytes)
+    for first_row, table in read_slice(piece, class_names):
+        spill.add(piece.ordinal, first_row, table)
+    spill.flush()
+    return spill.counts.tolist(), {b: parts for b, parts in enumerate(spill.parts) if parts}
 
 
 def read_bucket(parts: list[Part]) -> pa.Table:
