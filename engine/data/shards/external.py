@@ -46,8 +46,8 @@ def write_shards(paths: list[str | Path], out: str | Path, opts: ShardOptions,
                  executor: ExecutorSpec | None = None, progress: bool | None = False) -> dict:
     """Parquet files/folders `paths` -> shard folder `out` (atomically). Returns the manifest.
 
-    The bucket tasks run on `executor` (default: in this process); Dask workers must see the
-    folder of `out` at the same path. `progress`: a bar over the buckets (None: on a terminal)."""
+    The read and bucket tasks run on `executor` (default: in this process); Dask workers must see
+    the folder of `out` at the same path. `progress`: bars over the tasks (None: on a terminal)."""
     out = Path(out)
     prefix = f".{out.name}{TMP_MARK}"
     make_folder(out.parent, "the folder of the shards")
@@ -62,17 +62,9 @@ def write_shards(paths: list[str | Path], out: str | Path, opts: ShardOptions,
     with private_folder(out.parent, prefix) as tmp:
         executor = executor or ExecutorSpec()
         counts, parts = _scatter(inputs, tmp / "spill", bits, opts.seed, int(share), executor, progress)
-        plan = plan_splits(counts, opts.split, opts.balance)
-        for split in SPLITS:
-            (tmp / split).mkdir()
-        context = BucketContext(str(tmp), inputs.kind, len(inputs.class_names),
-                                tuple(map(tuple, plan.cuts.tolist())), opts, inputs.sources)
-        jobs = _jobs(parts, plan)
-        written = _run([Task(f"bucket-{job.bucket:05d}", write_bucket, (job, context), events=sum(job.split_counts))
-                        for job in jobs], executor, progress, "shard: write")
+        splits = _write_buckets(tmp, inputs, plan_splits(counts, opts.split, opts.balance), parts, opts,
+                                executor, progress)
         shutil.rmtree(tmp / "spill")
-        splits = {split: _join_split(tmp / split, split, [parts[s] for parts in written],
-                                     len(inputs.class_names)) for s, split in enumerate(SPLITS)}
         manifest = build_manifest(inputs.kind, inputs.class_names, inputs.provenance, splits, opts, 1 << bits)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, default=schema._json_default))
         try:
@@ -98,6 +90,20 @@ def _scatter(inputs: InputSet, folder: Path, bits: int, seed: int, budget_bytes:
         for b, found in task_parts.items():
             parts[b] += found
     return counts, parts
+
+
+def _write_buckets(folder: Path, inputs: InputSet, plan: SplitPlan, parts: list[list[Part]],
+                   opts: ShardOptions, executor: ExecutorSpec, progress: bool | None) -> dict[str, dict]:
+    """Phase 2 on `executor`, a task per bucket; the splits' manifest entries."""
+    for split in SPLITS:
+        (folder / split).mkdir()
+    context = BucketContext(str(folder), inputs.kind, len(inputs.class_names),
+                            tuple(map(tuple, plan.cuts.tolist())), opts, inputs.sources)
+    tasks = [Task(f"bucket-{job.bucket:05d}", write_bucket, (job, context), events=sum(job.split_counts))
+             for job in _jobs(parts, plan)]
+    written = _run(tasks, executor, progress, "shard: write")
+    return {split: _join_split(folder / split, split, [parts[s] for parts in written], len(inputs.class_names))
+            for s, split in enumerate(SPLITS)}
 
 
 def _jobs(parts: list[list[Part]], plan: SplitPlan) -> list[BucketJob]:

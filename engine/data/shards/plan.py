@@ -22,8 +22,6 @@ import numpy as np
 from engine.data.shards.manifest import SPLITS
 
 MAX_BUCKET_BITS = 16
-DROPPED = len(SPLITS)
-"""The split code of an event `balance` leaves out."""
 _MASK = (1 << 64) - 1
 
 
@@ -66,8 +64,7 @@ def sort_order(keys: np.ndarray, files: np.ndarray, rows: np.ndarray) -> np.ndar
 
 @dataclass(frozen=True)
 class SplitPlan:
-    """Who goes where, from `counts` ((C, B) int64: events per class and bucket)."""
-    counts: np.ndarray
+    """Who goes where, from the events per class and bucket."""
     cuts: np.ndarray           # (C, 4) class ranks where train, val, test, dropped begin ([0, ...])
     class_start: np.ndarray    # (C, B) class rank of each bucket's first event of the class
     split_counts: np.ndarray   # (3, B) events of each split in each bucket
@@ -80,7 +77,7 @@ class SplitPlan:
 
 
 def plan_splits(counts: np.ndarray, fractions: tuple[float, float, float], balance: bool) -> SplitPlan:
-    """The split plan of events counted per (class, bucket) (see the module docstring)."""
+    """The split plan of `counts` ((C, B) events per class and bucket; see the module docstring)."""
     counts = np.asarray(counts, np.int64)
     totals = counts.sum(axis=1)
     kept = totals
@@ -98,11 +95,12 @@ def plan_splits(counts: np.ndarray, fractions: tuple[float, float, float], balan
         lo, hi = cuts[:, s:s + 1], cuts[:, s + 1:s + 2]
         split_counts[s] = np.clip(np.minimum(ends, hi) - np.maximum(class_start, lo), 0, None).sum(axis=0)
     split_start = np.cumsum(split_counts, axis=1) - split_counts
-    return SplitPlan(counts, cuts, class_start, split_counts, split_start)
+    return SplitPlan(cuts, class_start, split_counts, split_start)
 
 
 def assign_splits(labels: np.ndarray, class_start: np.ndarray, cuts: np.ndarray) -> np.ndarray:
-    """(n,) split code (index into SPLITS, or DROPPED) of one bucket's events in key order.
+    """(n,) split code (index into SPLITS, or 3 for an event `balance` leaves out) of one bucket's
+    events in key order.
 
     `labels` (n,) of the bucket's events sorted by key; `class_start` (C,) the class rank of the
     bucket's first event of each class; `cuts` (C, 4) as in SplitPlan.
