@@ -44,21 +44,22 @@ def _run(args: list[str]) -> None:
     assert proc.returncode == 0, err.decode()
 
 
-def _kill_while_writing(args: list[str], out: Path, seconds: float) -> bool:
+def _kill_while_writing(args: list[str], out: Path, seconds: float, started=None) -> bool:
     """`_kill_once`, with half the wait each time the run ends before it (a fast machine)."""
     for _ in range(5):
-        if _kill_once(args, out, seconds):
+        if _kill_once(args, out, seconds, started):
             return True
         seconds /= 2
     return False
 
 
-def _kill_once(args: list[str], out: Path, seconds: float) -> bool:
-    """Start; once a hidden entry appears in `out` (the run is writing), wait `seconds` more and
-    SIGKILL the process group. True if it was still running when killed."""
+def _kill_once(args: list[str], out: Path, seconds: float, started=None) -> bool:
+    """Start; once `started(out)` (default: a hidden entry appears in `out`: the run is writing),
+    wait `seconds` more and SIGKILL the process group. True if it was still running when killed."""
+    started = started or _hidden
     proc = _start(args)
     try:
-        while proc.poll() is None and not _hidden(out):
+        while proc.poll() is None and not started(out):
             time.sleep(0.01)
         proc.wait(timeout=seconds)
         return False
@@ -70,10 +71,11 @@ def _kill_once(args: list[str], out: Path, seconds: float) -> bool:
         proc.stderr.close()
 
 
-def _kill_parent_only(args: list[str], out: Path) -> None:
+def _kill_parent_only(args: list[str], out: Path, started=None) -> None:
     """SIGKILL only the command, not its workers: the workers notice and exit on their own."""
+    started = started or _hidden
     proc = _start(args)
-    while proc.poll() is None and not _hidden(out):
+    while proc.poll() is None and not started(out):
         time.sleep(0.01)
     time.sleep(1.0)
     proc.kill()
@@ -101,33 +103,41 @@ def _visible(out: Path) -> list[Path]:
 
 
 def _hidden(out: Path) -> list[str]:
-    try:
-        return sorted(p.name for p in out.iterdir() if p.name.startswith("."))
-    except FileNotFoundError:
+    """Hidden entries in `out` or one level down (a dataset folder's temporaries)."""
+    if not out.is_dir():
         return []
+    return sorted(str(p.relative_to(out)) for p in [*out.glob(".*"), *out.glob("*/.*")])
 
 
 @pytest.mark.slow
 def test_killed_generate_leaves_nothing_a_reader_sees(tmp_path):
+    """Killed runs leave complete parts or hidden temporaries, never a dataset a reader takes; the
+    rerun keeps the parts that were complete (untouched) and delivers every event once."""
     out = tmp_path / "gen"
-    args = ["generate", "--process", "ttbar", "--events", GENERATE_EVENTS, "--out", out,
-            "--seed", 3, "--no-progress"]
+    args = ["generate", "--process", "ttbar", "--events", GENERATE_EVENTS, "--task-events", 5,
+            "--out", out, "--seed", 3, "--no-progress"]
     killed = left = 0
     for i, delay in enumerate(np.random.default_rng(5).uniform(0.0, 3.0, 3)):
-        killed += _kill_while_writing(args + ["--workers", 2 - i % 2], out, delay)
-        left += bool(_hidden(out))
+        killed += _kill_while_writing(args + ["--workers", 2 - i % 2], out, delay, _planned)
+        left += bool(_hidden(out)) or not _visible(out)
         for path in _visible(out):
-            assert parquet_io.read(path).num_rows == GENERATE_EVENTS
+            assert parquet_io.read(path).num_rows == 5
     assert killed == 3 and left >= 1, "the runs ended before the kills: nothing was tested"
-    _kill_parent_only(args + ["--workers", 2], out)
+    _kill_parent_only(args + ["--workers", 2], out, _planned)
+    kept = {p.name: p.stat().st_mtime_ns for p in (out / "ttbar").glob("part-*.parquet")}
     _run(args + ["--workers", 2])
     assert _hidden(out) == []
-    assert _visible(out) == [out / "ttbar.parquet"]
+    assert _visible(out) == [out / "ttbar" / f"part-{i:06d}.parquet" for i in range(4)]
+    assert all((out / "ttbar" / name).stat().st_mtime_ns == ns for name, ns in kept.items())
     table = read_inputs([out]).table  # what `shard` reads
     assert table.num_rows == GENERATE_EVENTS
     ids = pc.binary_join_element_wise(*(table.column(c).cast("string") for c in ("run", "lumi", "event")),
                                       ":")
     assert len(pc.unique(ids)) == GENERATE_EVENTS
+
+
+def _planned(out: Path) -> bool:
+    return (out / "ttbar" / "_dataset.json").is_file()
 
 
 @pytest.fixture(scope="module")

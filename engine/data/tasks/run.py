@@ -69,6 +69,9 @@ def run_tasks(tasks: list[Task], spec: ExecutorSpec, progress: bool | None = Non
             outcomes = _run_on_pool(tasks, spec, bar.done)
     failed = [o for o in outcomes if isinstance(o, Failed)]
     if failed and not keep_failures:
+        problems = {(f.source, f.problem) for f in failed}
+        if len(failed) == len(tasks) and all(f.bad_input for f in failed) and len(problems) == 1:
+            raise InputError(*problems.pop())    # every task met the same bad input: it is the run's
         raise TaskFailures(failed, len(tasks), hint)
     return outcomes
 
