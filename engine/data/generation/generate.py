@@ -30,7 +30,7 @@ from engine.data.generation.detector import DetectorConfig
 from engine.data.generation.processes import Process, get_process, make_pythia, stdout_silenced
 from engine.errors import InputError
 
-MAX_BATCH_EVENTS = 200
+MAX_BATCH_EVENTS = 1000
 """Pythia events per nextBatch call (bounded so memory and progress stay smooth)."""
 DEFAULT_TASK_EVENTS = 5000
 """Accepted rows per task: ~100 s of ttbar on one core, so Pythia's start-up costs ~1 %."""

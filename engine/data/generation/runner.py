@@ -152,16 +152,18 @@ def cross_section(counts: list[dict]) -> tuple[float, float]:
 def summarise(job: GenerateJob, folder: Path, found: dict[int, dict | None], ran: list[int],
               slice_tasks: range, seconds: float, complete: bool) -> dict:
     """path, tasks, tasks_run, tasks_skipped, parts_done, complete, generated/accepted (over the
-    parts there), acceptance, seconds, rate_per_s (rows of the tasks run here), cross-section."""
+    parts there), acceptance, seconds, rate_per_s and generated_per_s (of the tasks run here), cross-section."""
     there = [c for c in found.values() if c]
     generated = sum(c["generated"] for c in there)
     accepted = sum(c["accepted"] for c in there)
     run_rows = sum(found[i]["accepted"] for i in ran if found.get(i))
+    run_generated = sum(found[i]["generated"] for i in ran if found.get(i))
     sigma, error = cross_section(there) if there else (0.0, 0.0)
     return {"path": str(folder), "tasks": len(found), "tasks_run": len(ran),
             "tasks_skipped": len(slice_tasks) - len(ran), "parts_done": len(there), "complete": complete,
             "generated": generated, "accepted": accepted, "acceptance": accepted / max(generated, 1),
             "seconds": seconds, "rate_per_s": run_rows / seconds if seconds > 0 and ran else 0.0,
+            "generated_per_s": run_generated / seconds if seconds > 0 and ran else 0.0,
             "cross_section_pb": sigma, "cross_section_err_pb": error}
 
 
