@@ -33,8 +33,8 @@ FULL = {"events": 1600, "task_events": 200, "pythia_events": 400, "shard_sizes":
 QUICK = {"events": 80, "task_events": 20, "pythia_events": 60, "shard_sizes": "20000,60000"}
 
 
-def _job(events: int, task_events: int, seed: int = 1) -> GenerateJob:
-    return GenerateJob(PROCESS, events, PROCESSES[PROCESS].ecm_gev, seed, load_selection("madrazo2017"),
+def _job(events: int, task_events: int, seed: int = 1, process: str = PROCESS) -> GenerateJob:
+    return GenerateJob(process, events, PROCESSES[process].ecm_gev, seed, load_selection("madrazo2017"),
                        DetectorConfig(), task_events)
 
 
@@ -73,21 +73,21 @@ def measure_executors(events: int, task_events: int, workdir: Path) -> list[dict
     return records
 
 
-def measure_pythia_overhead(events: int, workdir: Path) -> list[dict]:
+def measure_pythia_overhead(process: str, events: int, workdir: Path) -> list[dict]:
     """One task in this process (Pythia, detector, FastJet, Parquet) against Pythia alone making the
     same number of events from the same seed (both with Pythia's initialisation)."""
-    job = _job(events, events)
+    job = _job(events, events, process=process)
     start = time.perf_counter()
     counts = run_task(job, 0, events, workdir / "part.parquet", job.settings())
     full = time.perf_counter() - start
     generated = counts["generated"]
     start = time.perf_counter()
-    pythia = make_worker_pythia(get_process(PROCESS), job.ecm_gev, task_seeds(job.seed, 0)[0])
+    pythia = make_worker_pythia(get_process(process), job.ecm_gev, task_seeds(job.seed, 0)[0])
     made = 0
     while made < generated:
         made += len(pythia.nextBatch(min(200, generated - made)))
     bare = time.perf_counter() - start
-    return [record("generate_overhead_over_pythia", full / bare - 1.0, "fraction", process=PROCESS,
+    return [record("generate_overhead_over_pythia", full / bare - 1.0, "fraction", process=process,
                    accepted=events, generated=generated, task_seconds=round(full, 2),
                    pythia_seconds=round(bare, 2))]
 
@@ -106,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
         runner.generate(_job(2, 2, seed=5), Path(tmp) / "warmup", progress=False)   # imports, banners
         if args.only in (None, "generate"):
             records += measure_executors(sizes["events"], sizes["task_events"], Path(tmp) / "executors")
-            records += measure_pythia_overhead(sizes["pythia_events"], Path(tmp))
+            for process in ("ttbar", "dy"):
+                records += measure_pythia_overhead(process, sizes["pythia_events"], Path(tmp))
         if args.only in (None, "shard"):
             from benchmarks.scale_shard import measure_shard, peak_growth
             shard_sizes = [int(n) for n in (args.shard_sizes or sizes["shard_sizes"]).split(",")]
