@@ -137,7 +137,7 @@ def convert_inputs(tmp_path_factory) -> tuple[list[Path], dict[str, int]]:
     inputs = [rf.write_root(d / f"in{i}.root", "Events", [rf.nanoaod_branches(CONVERT_EVENTS, seed=i)])
               for i in range(CONVERT_INPUTS)]
     jobs = cv.plan_jobs(inputs, d / "reference", "ttbar")
-    done, _ = cv.convert_all(jobs, d / "reference")
+    done = cv.convert_all(jobs, d / "reference").converted
     return inputs, {r.out.name: r.events_accepted for r in done}
 
 
