@@ -134,6 +134,30 @@ def test_slices_together_equal_one_run(inputs, reference, tmp_path, capsys, orde
     assert contents(out) == reference
 
 
+def test_slices_of_mixed_formats(tmp_path, capsys):
+    """The run of the last slice tells the other slice's formats from the files (`--format auto`)."""
+    given = [rf.write_json(tmp_path / "study.json", rf.json_events(30, seed=3)),
+             rf.write_root(tmp_path / "delphes.root", "Delphes", [rf.delphes_branches(30, seed=2)], naming="dotted")]
+    for index in (0, 1):
+        assert convert(given, tmp_path / "sliced", "--selection", "none", "--task-index", index,
+                       "--num-tasks", 2) == 0
+    assert convert(given, tmp_path / "whole", "--selection", "none") == 0
+    assert contents(tmp_path / "sliced") == contents(tmp_path / "whole")
+    record = json.loads((tmp_path / "whole" / "convert.json").read_text())
+    assert [r["format"] for r in record["converted"]] == ["json", "delphes"]
+
+
+def test_slices_at_the_same_time(inputs, reference, tmp_path):
+    """Two array jobs into one folder at once: the same files as one run, the record included."""
+    out = tmp_path / "out"
+    procs = [_start([*inputs, "--out", out, "--label", "wjets", "--task-index", i, "--num-tasks", 2])
+             for i in (0, 1)]
+    for proc in procs:
+        _, errors = proc.communicate(timeout=120)
+        assert proc.returncode == 0, errors
+    assert contents(out) == reference
+
+
 def test_more_slices_than_inputs(inputs, reference, tmp_path):
     out = tmp_path / "out"
     for index in range(6):
