@@ -118,6 +118,39 @@ def test_sigkill_after_the_first_output_then_rerun(slow_inputs, tmp_path, worker
     assert [r["input"] for r in record["converted"]] == [str(p) for p in inputs]
 
 
+def _pool_workers(pid: int) -> list[int]:
+    """The process-pool workers the process `pid` spawned (not its resource tracker)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == pid and b"spawn_main" in cmdline:
+            found.append(int(stat.parent.name))
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the workers through /proc")
+def test_a_lost_worker_costs_only_its_input(slow_inputs, tmp_path):
+    """SIGKILL one pool worker while it converts: its input is retried, the run ends as a clean one."""
+    inputs, clean = slow_inputs
+    out = tmp_path / "out"
+    proc = _start([*inputs, "--out", out, "--label", "wjets", "--step-size", 100, "--workers", 2])
+    while proc.poll() is None and not list(out.glob(".*.tmp-*")):
+        time.sleep(0.005)
+    workers = _pool_workers(proc.pid)
+    assert workers, "the run ended before a worker could be killed: nothing was tested"
+    os.kill(workers[0], signal.SIGKILL)
+    printed, errors = proc.communicate(timeout=120)
+    assert proc.returncode == 0, errors
+    assert "converted 6 of 6 input(s)" in printed
+    assert outputs(out) == clean
+    assert sorted(p.name for p in out.iterdir()) == sorted([*clean, "convert.json"])
+
+
 # --- array-job slices ----------------------------------------------------------------------
 
 @pytest.mark.parametrize("order", [(0, 1), (1, 0)])
