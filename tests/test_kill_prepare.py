@@ -44,9 +44,12 @@ def _run(args: list[str]) -> None:
     assert proc.returncode == 0, err.decode()
 
 
-def _kill_while_writing(args: list[str], out: Path, seconds: float, started=None) -> bool:
-    """`_kill_once`, with half the wait each time the run ends before it (a fast machine)."""
+def _kill_while_writing(args: list[str], out: Path, seconds: float, started=None,
+                        before=lambda: None) -> bool:
+    """`_kill_once`, with half the wait each time the run ends before it (a fast machine); `before`
+    runs before each attempt."""
     for _ in range(5):
+        before()
         if _kill_once(args, out, seconds, started):
             return True
         seconds /= 2
@@ -147,7 +150,7 @@ def convert_inputs(tmp_path_factory) -> tuple[list[Path], dict[str, int]]:
     inputs = [rf.write_root(d / f"in{i}.root", "Events", [rf.nanoaod_branches(CONVERT_EVENTS, seed=i)])
               for i in range(CONVERT_INPUTS)]
     jobs = cv.plan_jobs(inputs, d / "reference", "ttbar")
-    done, _ = cv.convert_all(jobs, d / "reference")
+    done = cv.convert_all(jobs, d / "reference").converted
     return inputs, {r.out.name: r.events_accepted for r in done}
 
 
@@ -158,7 +161,8 @@ def test_killed_convert_leaves_nothing_a_reader_sees(tmp_path, convert_inputs):
     args = ["convert", *inputs, "--out", out, "--label", "ttbar", "--step-size", 500]
     killed = left = 0
     for i, delay in enumerate(np.random.default_rng(6).uniform(0.0, 1.5, 5)):
-        killed += _kill_while_writing(args + ["--workers", 1 + i % 2], out, delay)
+        killed += _kill_while_writing(args + ["--workers", 1 + i % 2], out, delay,
+                                      before=lambda: _forget_outputs(out))
         left += bool(_hidden(out))
         _check_complete_or_absent(out, expected)
     assert killed == 5 and left >= 1, "the runs ended before the kills: nothing was tested"
@@ -168,6 +172,12 @@ def test_killed_convert_leaves_nothing_a_reader_sees(tmp_path, convert_inputs):
     record = json.loads((out / cv.RECORD_NAME).read_text())
     assert {r["output"]: r["events_accepted"] for r in record["converted"]} == expected
     assert record["failed"] == []
+
+
+def _forget_outputs(out: Path) -> None:
+    """Remove the complete outputs (a rerun would skip them), so that every run has all to convert."""
+    for path in [*_visible(out), out / cv.RECORD_NAME]:
+        path.unlink(missing_ok=True)
 
 
 def _check_complete_or_absent(out: Path, expected: dict[str, int]) -> None:
