@@ -19,7 +19,8 @@ import pyarrow.parquet as pq
 
 from engine.data.canonical.selection import load_selection
 from engine.data.generation.detector import DetectorConfig
-from engine.data.generation.generate import GenerateJob, generate
+from engine.data.generation.generate import GenerateJob
+from engine.data.generation.runner import generate
 from engine.data.generation.processes import PROCESSES
 
 EVENTS = 200
@@ -28,7 +29,7 @@ SELECTION = "madrazo2017"
 
 
 def _job(process: str, events: int, seed: int) -> GenerateJob:
-    return GenerateJob(process, events, PROCESSES[process].ecm_gev, seed, 1,
+    return GenerateJob(process, events, PROCESSES[process].ecm_gev, seed,
                        load_selection(SELECTION), DetectorConfig())
 
 

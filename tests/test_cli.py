@@ -3,6 +3,7 @@ names, the demo's resume and refusals, and the contact sheet."""
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -130,9 +131,15 @@ class FakeDemo:
             assert main(step.argv) == 0
 
     def _generate(self, process: str, seed: int, events: int) -> None:
+        """A one-part dataset as `generate` writes it (engine.data.canonical.parts)."""
+        from engine.data.canonical import parts
         table = schema.events_table(synthetic.synthetic_events(process, events, seed), process, [process])
-        parquet_io.write_table(self.out / "parquet" / f"{process}.parquet", table, "events", [process],
+        folder = self.out / "parquet" / process
+        parquet_io.write_table(folder / parts.part_name(0), table, "events", [process],
                                {"process": process, "seed": seed, "accepted": events})
+        parts.write_document(folder, {"process": process, "settings": {"seed": seed}, "events": events,
+                                      "tasks": 1, "complete": True,
+                                      "parts": [{"name": parts.part_name(0), "accepted": events}]})
 
 
 def _demo(monkeypatch, out: Path, fake: FakeDemo, events: int = 40) -> int:
@@ -169,14 +176,14 @@ def test_a_demo_folder_changed_by_hand_is_refused(tmp_path, monkeypatch, capsys)
     out = tmp_path / "demo"
     with pytest.raises(SystemExit):
         _demo(monkeypatch, out, FakeDemo(out, stop_at="engine.train"), events=20)
-    (out / "parquet" / "dy.parquet").unlink()             # shards exist, one of their inputs does not
+    shutil.rmtree(out / "parquet" / "dy")                 # shards exist, one of their inputs does not
     before = _snapshot(out)
     fake = FakeDemo(out)
     assert _demo(monkeypatch, out, fake, events=20) == 2
     assert "is complete but its input" in capsys.readouterr().err and fake.ran == [] and _snapshot(out) == before
     FakeDemo(out)._generate("dy", 5, 21)                  # another seed and size than the demo's
     assert _demo(monkeypatch, out, fake, events=20) == 2
-    assert f"{out / 'parquet' / 'dy.parquet'}: was not generated with this demo's settings" in capsys.readouterr().err
+    assert f"{out / 'parquet' / 'dy'}: was not generated with this demo's settings" in capsys.readouterr().err
 
 
 # ---- the contact sheet ----

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import re
 import subprocess
 import sys
@@ -19,7 +20,9 @@ from engine.commands import convert as cli
 from engine.data.canonical.parquet_io import open_parquet
 from engine.data.canonical.selection import PRESETS, apply_selection
 from engine.data.conversion import convert as cv
+from engine.data.conversion import one_file as of
 from engine.data.conversion import readers_root as rr
+from engine.data.tasks import ExecutorSpec
 from engine.errors import InputError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,8 +48,8 @@ def files(tmp_path_factory) -> dict:
 
 def convert(source: Path, out_dir: Path, selection=MADRAZO, fmt="auto", step_size=100_000,
             label="ttbar") -> tuple[ak.Array, dict]:
-    job = cv.ConvertJob(Path(source), out_dir / f"{Path(source).stem}.parquet", label, fmt, selection, step_size)
-    cv.convert_file(job)
+    job = of.ConvertJob(Path(source), out_dir / f"{Path(source).stem}.parquet", label, fmt, selection, step_size)
+    of.convert_file(job)
     _, meta = open_parquet(job.out)
     return ak.from_arrow(pq.read_table(job.out)), meta
 
@@ -119,7 +122,7 @@ def test_nanoaod_default_selection_matches_reference(files, tmp_path):
 
 def test_fast_selection_equals_selection_module(files):
     path, _ = files["nano"]
-    reader = cv.open_reader(path, "nanoaod")
+    reader = of.open_reader(path, "nanoaod")
     events = next(reader.chunks())
     reader.close()
     for cfg in (MADRAZO, PRESETS["ochoa2023"]):
@@ -127,7 +130,7 @@ def test_fast_selection_equals_selection_module(files):
         for name in ("electrons", "muons", "jets"):
             slow = ak.with_field(slow, slow[name][slow[name].good], name)
         slow = apply_selection(slow, cfg)
-        fast = cv.select(events, cfg)
+        fast = of.select(events, cfg)
         assert fast.event.tolist() == slow.event.tolist()
         for name in ("electrons", "muons", "jets"):
             assert fast[name].pt.tolist() == slow[name].pt.tolist()
@@ -173,9 +176,9 @@ def test_workers_give_the_same_outputs(tmp_path):
     results = {}
     for workers in (1, 2):
         jobs = cv.plan_jobs(inputs, tmp_path / f"w{workers}", "wjets", selection=MADRAZO)
-        outcomes = list(cv.iter_convert(jobs, workers=workers))
-        assert all(isinstance(o, cv.ConvertResult) for o in outcomes)
-        results[workers] = [o.out.read_bytes() for o in outcomes]
+        run = cv.convert_all(jobs, tmp_path / f"w{workers}", ExecutorSpec(workers=workers))
+        assert [r.out for r in run.converted] == [j.out for j in jobs] and not run.failures
+        results[workers] = [o.out.read_bytes() for o in run.converted]
     assert results[1] == results[2]
 
 
@@ -347,10 +350,10 @@ def test_same_stem_twice_is_refused(files, tmp_path):
         cv.plan_jobs([files["nano"][0], files["dir"] / "nano.json"], tmp_path, "ttbar")
 
 
-def cli_args(inputs, out: Path, **overrides) -> argparse.Namespace:
-    values = dict(inputs=[str(p) for p in inputs], out=str(out), label="ttbar", format="auto",
-                  selection="madrazo2017", workers=1, skip_bad=False, step_size=100_000)
-    return argparse.Namespace(**{**values, **overrides})
+def cli_args(inputs, out: Path, *options: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    return parser.parse_args([*map(str, inputs), "--out", str(out), "--label", "ttbar", *options])
 
 
 # --- wrong layouts and types, all or nothing -----------------------------------------------
@@ -413,39 +416,49 @@ def test_root_file_truncated_to_2kb(files, tmp_path):
         path = tmp_path / f"cut{size}.root"
         path.write_bytes(data[:size])
         with pytest.raises(InputError, match="truncated|unreadable|not a ROOT") as info:
-            cv.convert_file(cv.ConvertJob(path, tmp_path / "out" / "x.parquet", "ttbar"))
+            of.convert_file(of.ConvertJob(path, tmp_path / "out" / "x.parquet", "ttbar"))
         assert str(path) in str(info.value)
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
 
 
-def test_failure_during_conversion_leaves_out_as_it_was(files, tmp_path):
-    """The bad file passes the checks and fails only while converting, after a good one."""
+@pytest.mark.parametrize("workers", [1, 2])
+def test_failure_during_conversion_keeps_the_others(files, tmp_path, workers):
+    """The bad file passes the checks and fails only while converting, after a good one: the good
+    output is written and stays, the failure is raised once the others completed."""
     out = tmp_path / "out"
     out.mkdir()
     (out / "earlier.parquet").write_bytes(b"kept as it was")
     bad = _edited(tmp_path / "zbad.root", LAYOUT_CASES["charge_1000"][0])
-    jobs = cv.plan_jobs([files["nano"][0], bad], out, "ttbar", selection=NONE)
-    for workers in (1, 2):
-        with pytest.raises(InputError, match="muons.charge"):
-            cv.convert_all(jobs, out, workers=workers)
-        assert sorted(p.name for p in out.iterdir()) == ["earlier.parquet"]
-    done, failures = cv.convert_all(jobs, out, skip_bad=True)
-    assert [r.out for r in done] == [out / "nano.parquet"] and [f.source for f in failures] == [str(bad)]
+    jobs = cv.plan_jobs([bad, files["nano"][0]], out, "ttbar", selection=NONE)
+    with pytest.raises(cv.ConvertFailures, match="muons.charge") as info:
+        cv.convert_all(jobs, out, ExecutorSpec(workers=workers))
+    run = info.value.run
+    assert [r.out for r in run.converted] == [out / "nano.parquet"] and run.remaining == 1
+    assert [(f.input, f.source) for f in run.failures] == [(str(bad), str(bad))]
+    assert sorted(p.name for p in out.iterdir()) == ["earlier.parquet", "nano.parquet"]
+    assert (out / "earlier.parquet").read_bytes() == b"kept as it was"
+    assert open_parquet(out / "nano.parquet")[0].metadata.num_rows == 400
+    run = cv.convert_all(jobs, out, skip_bad=True)
+    assert run.converted == [] and [j.source for j in run.skipped] == [jobs[1].source]
+    assert [f.input for f in run.failures] == [str(bad)]
     assert sorted(p.name for p in out.iterdir()) == ["convert.json", "earlier.parquet", "nano.parquet"]
     record = json.loads((out / "convert.json").read_text())
     assert record["failed"][0]["input"] == str(bad) and "muons.charge" in record["failed"][0]["problem"]
-    assert record["converted"][0]["events_read"] == 400
+    assert [r["output"] for r in record["converted"]] == ["nano.parquet"]
+    assert record["converted"][0]["events_read"] == record["converted"][0]["events_accepted"] == 400
 
 
-def test_stale_staging_of_a_killed_run_is_removed(files, tmp_path):
+def test_stale_temporaries_of_a_killed_run_are_removed(files, tmp_path):
     out = tmp_path / "out"
+    out.mkdir()
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True).stdout.strip()
-    (out / f".convert-{dead}-abcd").mkdir(parents=True)
-    (out / f".convert-{dead}-abcd" / "nano.parquet").write_bytes(b"half")
-    (out / f".nano.parquet.tmp-{dead}-abcd").write_bytes(b"half")
+    for name in (f".nano.parquet.tmp-{dead}-abcd", f".convert.json.tmp-{dead}-abcd"):
+        (out / name).write_bytes(b"half")
+    running = out / f".nano.parquet.tmp-{os.getppid()}-abcd"     # a writer still at work
+    running.write_bytes(b"half")
     cv.convert_all(cv.plan_jobs([files["nano"][0]], out, "ttbar"), out)
-    assert sorted(p.name for p in out.iterdir()) == ["convert.json", "nano.parquet"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(["convert.json", "nano.parquet", running.name])
 
 
 def test_output_that_is_a_folder(files, tmp_path):
@@ -489,7 +502,7 @@ def test_corrupt_inputs_convert_or_stop_with_one_line(tmp_path, fmt):
         bad.write_bytes(data)
         out = tmp_path / "out" / f"case{case}.parquet"
         try:
-            cv.convert_file(cv.ConvertJob(bad, out, "ttbar", selection=NONE))
+            of.convert_file(of.ConvertJob(bad, out, "ttbar", selection=NONE))
             outcomes["converted"] += 1
             assert open_parquet(out)[0].metadata.num_rows >= 0
         except InputError as exc:

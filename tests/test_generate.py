@@ -15,15 +15,16 @@ from engine.data.canonical.parquet_io import open_parquet
 from engine.data.canonical.schema import EVENT_SCHEMA, FATJET_SCHEMA
 from engine.data.canonical.selection import load_selection
 from engine.data.generation.detector import DetectorConfig
-from engine.data.generation.generate import GenerateJob, generate, split_counts, worker_seeds
+from engine.data.generation.generate import GenerateJob, task_seeds
+from engine.data.generation.runner import generate
 from engine.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _job(process: str, events: int, seed: int = 1, workers: int = 1, selection: str = "madrazo2017",
+def _job(process: str, events: int, seed: int = 1, task_events: int = 5000, selection: str = "madrazo2017",
          ecm: float = 7000.0) -> GenerateJob:
-    return GenerateJob(process, events, ecm, seed, workers, load_selection(selection), DetectorConfig())
+    return GenerateJob(process, events, ecm, seed, load_selection(selection), DetectorConfig(), task_events)
 
 
 def _read(path) -> ak.Array:
@@ -37,20 +38,21 @@ def ttbar(tmp_path_factory):
     return Path(summary["path"]), summary
 
 
-def test_seeds_and_shares():
-    seeds = {worker_seeds(s, w)[0] for s in range(20) for w in range(8)}
+def test_seeds_and_task_quotas():
+    seeds = {task_seeds(s, t)[0] for s in range(20) for t in range(8)}
     assert len(seeds) == 160 and all(1 <= s <= 900_000_000 for s in seeds)
-    assert split_counts(10, 3) == [4, 3, 3] and sum(split_counts(7, 7)) == 7
+    assert _job("dy", 12, task_events=5).quotas() == [5, 5, 2] and _job("dy", 10, task_events=5).quotas() == [5, 5]
+    assert _job("dy", 3).quotas() == [3]
 
 
 def test_ttbar_file_schema_selection_and_metadata(ttbar):
     path, summary = ttbar
-    pf, meta = open_parquet(path)
+    pf, meta = open_parquet(path / "part-000000.parquet")
     assert pf.schema_arrow.remove_metadata() == EVENT_SCHEMA
     assert meta["kind"] == "events" and meta["class_names"] == ["ttbar"]
     prov = meta["provenance"]
     assert prov["generator"] == "pythia8" and prov["seed"] == 1 and prov["ecm_gev"] == 7000.0
-    assert prov["accepted"] == 25 and prov["generated"] >= 25 and prov["cross_section_pb"] > 10
+    assert prov["accepted"] == 25 and prov["generated"] >= 25 and prov["sigma_pb"] > 10 and prov["task"] == 0
     assert prov["selection"]["name"] == "madrazo2017" and prov["detector"]["btag"]["working_point"] == 0.679
     ev = _read(path)
     assert len(ev) == 25 and summary["accepted"] == 25
@@ -66,21 +68,25 @@ def test_ttbar_file_schema_selection_and_metadata(ttbar):
     assert len(keys) == 25
 
 
-def test_same_seed_same_table_different_seed_differs(tmp_path):
-    """Two workers via the CLI in a subprocess, then the same job in-process: identical tables."""
+def test_same_seed_same_bytes_whatever_the_workers_different_seed_differs(tmp_path):
+    """Two workers via the CLI in a subprocess, then the same job in this process: the same bytes."""
     out_cli = tmp_path / "cli"
     proc = subprocess.run([sys.executable, "-m", "engine", "generate", "--process", "dy", "--events", "12",
-                           "--out", str(out_cli), "--seed", "7", "--workers", "2", "--no-progress"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+                           "--task-events", "6", "--out", str(out_cli), "--seed", "7", "--workers", "2",
+                           "--no-progress"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "generated" in proc.stdout and "cross-section" in proc.stdout
     assert "PYTHIA" not in proc.stdout and "FastJet release" not in proc.stdout
-    again = generate(_job("dy", 12, seed=7, workers=2), tmp_path / "api", progress=False)
-    first, second = pq.read_table(out_cli / "dy.parquet"), pq.read_table(again["path"])
-    assert first.equals(second)
-    assert sorted(set(first.column("lumi").to_pylist())) == [1, 2]
-    other = generate(_job("dy", 12, seed=8, workers=2), tmp_path / "other", progress=False)
+    again = generate(_job("dy", 12, seed=7, task_events=6), tmp_path / "api", progress=False)
+    assert _files(out_cli / "dy") == _files(Path(again["path"]))
+    first = pq.read_table(out_cli / "dy")
+    assert first.num_rows == 12 and sorted(set(first.column("lumi").to_pylist())) == [1, 2]
+    other = generate(_job("dy", 12, seed=8, task_events=6), tmp_path / "other", progress=False)
     assert not pq.read_table(other["path"]).equals(first)
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
 
 
 def test_selection_none_keeps_every_event(tmp_path):
@@ -92,7 +98,7 @@ def test_selection_none_keeps_every_event(tmp_path):
 @pytest.mark.parametrize("process", ["hbb", "qcd"])
 def test_fatjets_have_constituents_summing_to_the_jet(tmp_path, process):
     summary = generate(_job(process, 6, ecm=13000.0), tmp_path, progress=False)
-    pf, meta = open_parquet(summary["path"])
+    pf, meta = open_parquet(Path(summary["path"]) / "part-000000.parquet")
     assert pf.schema_arrow.remove_metadata() == FATJET_SCHEMA and meta["kind"] == "fatjets"
     jets = _read(summary["path"])
     assert len(jets) == 6
@@ -168,19 +174,18 @@ def test_energy_pythia_rejects_is_one_line_naming_ecm(tmp_path, capsys):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_stale_parts_of_a_killed_run_are_removed_and_never_read(tmp_path, ttbar):
-    """A dead writer's parts folder (a killed run) is hidden from readers and removed by the next run."""
+def test_stale_temporaries_of_a_killed_run_are_removed_and_never_read(tmp_path, ttbar):
+    """A dead writer's temporary part (a killed run) is hidden from readers and removed by the next run."""
     from engine.data.canonical.summary import summarize
 
     path, _ = ttbar
     out = tmp_path / "out"
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True).stdout.strip()
-    parts = out / f".dy-parts-{dead}-abcd"
-    parts.mkdir(parents=True)
-    (parts / "part-0.parquet").write_bytes(path.read_bytes())
+    (out / "dy").mkdir(parents=True)
+    (out / "dy" / f".part-000000.parquet.tmp-{dead}-abcd").write_bytes((path / "part-000000.parquet").read_bytes())
     with pytest.raises(InputError, match="no .parquet files"):
         summarize(out)
     summary = generate(_job("dy", 3), out, progress=False)
-    assert sorted(p.name for p in out.iterdir()) == ["dy.parquet"]
+    assert sorted(p.name for p in (out / "dy").iterdir()) == ["_dataset.json", "part-000000.parquet"]
     assert summarize(out)["events"] == 3 == summary["accepted"]

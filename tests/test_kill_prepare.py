@@ -44,21 +44,25 @@ def _run(args: list[str]) -> None:
     assert proc.returncode == 0, err.decode()
 
 
-def _kill_while_writing(args: list[str], out: Path, seconds: float) -> bool:
-    """`_kill_once`, with half the wait each time the run ends before it (a fast machine)."""
+def _kill_while_writing(args: list[str], out: Path, seconds: float, started=None,
+                        before=lambda: None) -> bool:
+    """`_kill_once`, with half the wait each time the run ends before it (a fast machine); `before`
+    runs before each attempt."""
     for _ in range(5):
-        if _kill_once(args, out, seconds):
+        before()
+        if _kill_once(args, out, seconds, started):
             return True
         seconds /= 2
     return False
 
 
-def _kill_once(args: list[str], out: Path, seconds: float) -> bool:
-    """Start; once a hidden entry appears in `out` (the run is writing), wait `seconds` more and
-    SIGKILL the process group. True if it was still running when killed."""
+def _kill_once(args: list[str], out: Path, seconds: float, started=None) -> bool:
+    """Start; once `started(out)` (default: a hidden entry appears in `out`: the run is writing),
+    wait `seconds` more and SIGKILL the process group. True if it was still running when killed."""
+    started = started or _hidden
     proc = _start(args)
     try:
-        while proc.poll() is None and not _hidden(out):
+        while proc.poll() is None and not started(out):
             time.sleep(0.01)
         proc.wait(timeout=seconds)
         return False
@@ -70,10 +74,11 @@ def _kill_once(args: list[str], out: Path, seconds: float) -> bool:
         proc.stderr.close()
 
 
-def _kill_parent_only(args: list[str], out: Path) -> None:
+def _kill_parent_only(args: list[str], out: Path, started=None) -> None:
     """SIGKILL only the command, not its workers: the workers notice and exit on their own."""
+    started = started or _hidden
     proc = _start(args)
-    while proc.poll() is None and not _hidden(out):
+    while proc.poll() is None and not started(out):
         time.sleep(0.01)
     time.sleep(1.0)
     proc.kill()
@@ -101,33 +106,41 @@ def _visible(out: Path) -> list[Path]:
 
 
 def _hidden(out: Path) -> list[str]:
-    try:
-        return sorted(p.name for p in out.iterdir() if p.name.startswith("."))
-    except FileNotFoundError:
+    """Hidden entries in `out` or one level down (a dataset folder's temporaries)."""
+    if not out.is_dir():
         return []
+    return sorted(str(p.relative_to(out)) for p in [*out.glob(".*"), *out.glob("*/.*")])
 
 
 @pytest.mark.slow
 def test_killed_generate_leaves_nothing_a_reader_sees(tmp_path):
+    """Killed runs leave complete parts or hidden temporaries, never a dataset a reader takes; the
+    rerun keeps the parts that were complete (untouched) and delivers every event once."""
     out = tmp_path / "gen"
-    args = ["generate", "--process", "ttbar", "--events", GENERATE_EVENTS, "--out", out,
-            "--seed", 3, "--no-progress"]
+    args = ["generate", "--process", "ttbar", "--events", GENERATE_EVENTS, "--task-events", 5,
+            "--out", out, "--seed", 3, "--no-progress"]
     killed = left = 0
     for i, delay in enumerate(np.random.default_rng(5).uniform(0.0, 3.0, 3)):
-        killed += _kill_while_writing(args + ["--workers", 2 - i % 2], out, delay)
-        left += bool(_hidden(out))
+        killed += _kill_while_writing(args + ["--workers", 2 - i % 2], out, delay, _planned)
+        left += bool(_hidden(out)) or not _visible(out)
         for path in _visible(out):
-            assert parquet_io.read(path).num_rows == GENERATE_EVENTS
+            assert parquet_io.read(path).num_rows == 5
     assert killed == 3 and left >= 1, "the runs ended before the kills: nothing was tested"
-    _kill_parent_only(args + ["--workers", 2], out)
+    _kill_parent_only(args + ["--workers", 2], out, _planned)
+    kept = {p.name: p.stat().st_mtime_ns for p in (out / "ttbar").glob("part-*.parquet")}
     _run(args + ["--workers", 2])
     assert _hidden(out) == []
-    assert _visible(out) == [out / "ttbar.parquet"]
+    assert _visible(out) == [out / "ttbar" / f"part-{i:06d}.parquet" for i in range(4)]
+    assert all((out / "ttbar" / name).stat().st_mtime_ns == ns for name, ns in kept.items())
     table = read_inputs([out]).table  # what `shard` reads
     assert table.num_rows == GENERATE_EVENTS
     ids = pc.binary_join_element_wise(*(table.column(c).cast("string") for c in ("run", "lumi", "event")),
                                       ":")
     assert len(pc.unique(ids)) == GENERATE_EVENTS
+
+
+def _planned(out: Path) -> bool:
+    return (out / "ttbar" / "_dataset.json").is_file()
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +150,7 @@ def convert_inputs(tmp_path_factory) -> tuple[list[Path], dict[str, int]]:
     inputs = [rf.write_root(d / f"in{i}.root", "Events", [rf.nanoaod_branches(CONVERT_EVENTS, seed=i)])
               for i in range(CONVERT_INPUTS)]
     jobs = cv.plan_jobs(inputs, d / "reference", "ttbar")
-    done, _ = cv.convert_all(jobs, d / "reference")
+    done = cv.convert_all(jobs, d / "reference").converted
     return inputs, {r.out.name: r.events_accepted for r in done}
 
 
@@ -148,7 +161,8 @@ def test_killed_convert_leaves_nothing_a_reader_sees(tmp_path, convert_inputs):
     args = ["convert", *inputs, "--out", out, "--label", "ttbar", "--step-size", 500]
     killed = left = 0
     for i, delay in enumerate(np.random.default_rng(6).uniform(0.0, 1.5, 5)):
-        killed += _kill_while_writing(args + ["--workers", 1 + i % 2], out, delay)
+        killed += _kill_while_writing(args + ["--workers", 1 + i % 2], out, delay,
+                                      before=lambda: _forget_outputs(out))
         left += bool(_hidden(out))
         _check_complete_or_absent(out, expected)
     assert killed == 5 and left >= 1, "the runs ended before the kills: nothing was tested"
@@ -158,6 +172,12 @@ def test_killed_convert_leaves_nothing_a_reader_sees(tmp_path, convert_inputs):
     record = json.loads((out / cv.RECORD_NAME).read_text())
     assert {r["output"]: r["events_accepted"] for r in record["converted"]} == expected
     assert record["failed"] == []
+
+
+def _forget_outputs(out: Path) -> None:
+    """Remove the complete outputs (a rerun would skip them), so that every run has all to convert."""
+    for path in [*_visible(out), out / cv.RECORD_NAME]:
+        path.unlink(missing_ok=True)
 
 
 def _check_complete_or_absent(out: Path, expected: dict[str, int]) -> None:

@@ -54,7 +54,8 @@ def data_steps(out: Path, events: int, workers: int, seed: int) -> dict[str, lis
     parquet = out / "parquet"
     return {
         "generate": [["generate", "--process", name, "--events", str(events), "--out", str(parquet),
-                      "--seed", str(seed + i), "--workers", str(workers)] for i, name in enumerate(CLASSES)],
+                      "--seed", str(seed + i), "--workers", str(workers),
+                      "--task-events", str(-(-events // workers))] for i, name in enumerate(CLASSES)],
         "inspect_parquet": ["inspect", str(parquet)],
         "shard": ["shard", "--input", str(parquet), "--out", str(out / "shards"), "--seed", str(seed)],
         "inspect_shards": ["inspect", str(out / "shards")],
@@ -98,14 +99,14 @@ def read_settings(out: Path, settings: dict) -> bool:
 
 
 def _generated(out: Path, index: int, settings: dict) -> bool:
-    from engine.data.canonical.parquet_io import open_parquet
-    name, path = CLASSES[index], out / "parquet" / f"{CLASSES[index]}.parquet"
-    if not path.is_file():
-        return False
-    prov = open_parquet(path)[1].get("provenance", {})
-    if (prov.get("process"), prov.get("seed"), prov.get("accepted")) != (
+    from engine.data.canonical.parts import read_document
+    name, folder = CLASSES[index], out / "parquet" / CLASSES[index]
+    doc = read_document(folder) if folder.is_dir() else None
+    if doc is None or not doc["complete"]:
+        return False                      # not started, or interrupted: generate resumes it
+    if (doc.get("process"), doc["settings"].get("seed"), doc.get("events")) != (
             name, settings["seed"] + index, settings["events"]):
-        raise InputError(path, "was not generated with this demo's settings: choose another --out")
+        raise InputError(folder, "was not generated with this demo's settings: choose another --out")
     return True
 
 
@@ -114,8 +115,8 @@ def _sharded(out: Path, settings: dict) -> bool:
     if not (out / "shards" / MANIFEST).is_file():
         return False
     manifest = load_manifest(out / "shards")
-    files = sorted(item.get("file", "") for item in manifest.get("inputs", []))
-    if manifest["options"]["seed"] != settings["seed"] or files != sorted(f"{c}.parquet" for c in CLASSES):
+    classes = {Path(item.get("path", "")).parent.name for item in manifest.get("inputs", [])}
+    if manifest["options"]["seed"] != settings["seed"] or classes != set(CLASSES):
         raise InputError(out / "shards", "were not made by this demo's settings: choose another --out")
     return True
 

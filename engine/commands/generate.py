@@ -1,4 +1,4 @@
-"""`python -m engine generate`: Pythia 8 events with a detector response -> DIR/<process>.parquet."""
+"""`python -m engine generate`: Pythia 8 events with a detector response -> DIR/<process>/ parts."""
 from __future__ import annotations
 
 import argparse
@@ -8,33 +8,42 @@ from engine.config import from_dict, load_yaml
 from engine.data.canonical.selection import load_selection
 from engine.data.generation.detector import DetectorConfig
 from engine.data.generation.processes import PROCESSES, check_energy, get_process
+from engine.data.tasks import add_executor_arguments, add_slice_arguments, executor_spec, task_slice
 from engine.errors import InputError
 from engine.files import writable_folder
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from engine.data.generation.generate import DEFAULT_TASK_EVENTS
+
     parser.add_argument("--process", required=True, metavar="P",
                         help=f"one of: {', '.join(PROCESSES)}")
     parser.add_argument("--events", required=True, type=int, metavar="N",
                         help="rows to write: events (or large-radius jets) passing the selection")
-    parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    parser.add_argument("--out", required=True, metavar="DIR",
+                        help="output folder (the parts go into DIR/<process>/)")
     parser.add_argument("--ecm", type=float, default=None, metavar="GEV",
                         help="centre-of-mass energy (default: 7000, or 13000 for hbb/qcd)")
     parser.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
-    parser.add_argument("--workers", type=int, default=1, metavar="W", help="processes (default 1)")
+    parser.add_argument("--task-events", type=int, default=DEFAULT_TASK_EVENTS, metavar="K",
+                        help=f"accepted rows per task, each seeded from (seed, task) and written to its "
+                             f"own part (default {DEFAULT_TASK_EVENTS})")
     parser.add_argument("--selection", default="madrazo2017",
                         help="madrazo2017 (default), ochoa2023, none, or a YAML file")
     parser.add_argument("--detector", default=None, metavar="FILE.yaml",
                         help="detector response (default: configs/detector/default.yaml values)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_executor_arguments(parser)
+    add_slice_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    from engine.data.generation.generate import format_summary, generate
+    from engine.data.generation.runner import format_summary, generate
 
     job = build_job(args)
+    spec, tasks = executor_spec(args), task_slice(args)
     out = writable_folder(Path(args.out))
-    summary = generate(job, out, progress=False if args.no_progress else None)
+    summary = generate(job, out, spec, tasks, progress=False if args.no_progress else None)
     print("\n".join(format_summary(summary, job.process)))
     return 0
 
@@ -46,8 +55,8 @@ def build_job(args: argparse.Namespace):
     process = get_process(args.process)
     if args.events <= 0:
         raise InputError("--events", f"must be a positive number of events, got {args.events}")
-    if args.workers <= 0:
-        raise InputError("--workers", f"must be at least 1, got {args.workers}")
+    if args.task_events <= 0:
+        raise InputError("--task-events", f"must be at least 1, got {args.task_events}")
     if args.seed < 0:
         raise InputError("--seed", f"must be >= 0, got {args.seed}")
     ecm = process.ecm_gev if args.ecm is None else args.ecm
@@ -57,5 +66,5 @@ def build_job(args: argparse.Namespace):
     detector = (DetectorConfig() if args.detector is None
                 else from_dict(DetectorConfig, load_yaml(args.detector), "detector"))
     return GenerateJob(process=process.name, events=args.events, ecm_gev=float(ecm), seed=args.seed,
-                       workers=min(args.workers, args.events), selection=load_selection(args.selection),
-                       detector=detector)
+                       selection=load_selection(args.selection), detector=detector,
+                       task_events=args.task_events)

@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from engine.data.canonical import schema
+from engine.data.canonical import parts, schema
 from engine.errors import InputError
 from engine.files import atomic_path
 
@@ -93,17 +93,24 @@ def list_parquet(path: str | Path) -> list[Path]:
     """The Parquet files at `path`: the file itself, or the *.parquet files under a folder, sorted.
 
     Hidden files and everything inside hidden folders (temporaries, a writer's staging) are skipped.
+    A folder of parts (engine.data.canonical.parts) counts only when its dataset is complete.
     """
     path = Path(path)
     if path.is_file():
         return [path]
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*.parquet")
-                       if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts))
+        files = _visible_files(path, "*.parquet")
+        for folder in sorted({p.parent for p in files + _visible_files(path, parts.DATASET)}):
+            parts.check_listing(folder, [p for p in files if p.parent == folder])
         if files:
             return files
         raise InputError(path, "folder holds no .parquet files")
     raise InputError(path, "no such file or folder")
+
+
+def _visible_files(folder: Path, pattern: str) -> list[Path]:
+    return sorted(p for p in folder.rglob(pattern)
+                  if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts))
 
 
 class CheckedParquetFile(pq.ParquetFile):

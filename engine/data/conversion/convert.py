@@ -1,89 +1,46 @@
-"""Convert the files physicists have into canonical event Parquet: one output file per input.
+"""Convert many input files into canonical event Parquet, one output per input, as independent
+tasks on an executor (engine.data.tasks: a local process pool or a Dask cluster); resumable, and
+in contiguous slices for array jobs. One input is converted by
+`engine.data.conversion.one_file.convert_file`.
 
-Formats: `nanoaod` (CMS NanoAOD-style ROOT, tree `Events`), `delphes` (ROOT, tree `Delphes`),
-`json` (the 2017 study's JSON); `auto` looks at the file's first bytes and, for ROOT, its trees.
-The readers (engine.data.conversion.readers_root / readers_json) yield awkward event records in
-chunks of `step_size` events; each chunk goes through the selection, `events_table`, a finiteness
-check, and a `ParquetSink`, so memory is bounded by the chunk size and a failed file leaves nothing.
+A run, in order:
+1. `plan_jobs`: one job per input, `DIR/<input stem>.parquet`; two inputs may not share a stem, and
+   no output may be an input.
+2. The inputs of this run's slice are checked (existence, format, tree, branches, truncation). A bad
+   one stops the run before any work, unless `skip_bad`: then it is reported with the failures.
+3. Every existing output of the whole list is examined (`outputs.examine`): one written with other
+   settings stops the run before any work; done ones are skipped; the others are converted.
+4. Each task writes its output atomically straight into DIR as it completes, so a killed run or a
+   lost worker costs only the unfinished inputs, and when some fail the others complete and stay.
+5. The run that finds every input of the whole list converted (or, with `skip_bad`, failed in this
+   run) writes the record, `DIR/convert.json`, atomically and last.
 
-Selection: object identification and isolation (the objects' `good` flag, see the readers), then
-`engine.data.canonical.selection.apply_selection`; with the `none` selection every event and object
-is kept.
-
-Many inputs: every input is opened and checked first (existence, format, tree, branches,
-truncation), then converted, in `workers` processes. A bad input stops the run with an
-InputError, unless `skip_bad`: then it is reported and the others are converted. Outputs are
-identical whatever `workers` and `step_size`.
-
-All or nothing: `convert_all` converts into a hidden staging folder inside the output folder
-(invisible to every reader) and moves the outputs into place only when the run succeeded, then
-writes `RECORD_NAME` last: which inputs were converted (output, events read and accepted) and
-which failed and why. A failed run leaves the output folder as it was; the staging folder of a
-killed run is removed by the next run into the same folder.
-
-Provenance in each file: converter, format, input name and size, tree, branches read, b-tag
-branch and working point, identification used, selection, `events_read` (events in the input).
-The number of accepted events is the file's row count.
+Outputs are identical, byte for byte, whatever the executor, the number of workers, the step size
+and the slices.
 """
 from __future__ import annotations
 
-import json
-import multiprocessing
-import os
-import time
-from concurrent.futures import ProcessPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Iterator
 
-import awkward as ak
-import numpy as np
-
-from engine.config import to_dict
-from engine.data.canonical.parquet_io import ParquetSink, check_finite
-from engine.data.canonical.schema import ValueRangeError, events_table
-from engine.data.canonical.selection import PRESETS, SelectionConfig, event_mask
-from engine.data.conversion.jagged import keep_objects, record_parts
-from engine.data.conversion.readers_json import JsonReader
-from engine.data.conversion.readers_root import (DELPHES_TREE, NANOAOD_TREE, DelphesReader, NanoAODReader,
-                                                 open_tree, tree_names)
+from engine.data.canonical.selection import PRESETS, SelectionConfig
+from engine.data.conversion.one_file import (DEFAULT_STEP_SIZE, FORMATS, ConvertJob, ConvertResult,
+                                             convert_file, detect_format, known_events, open_reader)
+from engine.data.conversion.outputs import (MISSING, RECORD_NAME, Existing, examine, expected_settings,
+                                            other_settings_error, record_entry, write_record)
+from engine.data.tasks import ExecutorSpec, Failed, Task, TaskSlice, run_tasks
 from engine.errors import InputError
-from engine.files import TMP_MARK, atomic_path, private_folder, remove_stale, writable_folder
+from engine.files import sweep_temporaries, writable_folder
 
-FORMATS = ("auto", "nanoaod", "delphes", "json")
-READERS = {"nanoaod": NanoAODReader, "delphes": DelphesReader, "json": JsonReader}
-DEFAULT_STEP_SIZE = 100_000
-RECORD_NAME = "convert.json"
-STAGING_PREFIX = ".convert-"
-
-
-@dataclass(frozen=True)
-class ConvertJob:
-    """One input file and everything needed to convert it (picklable, for worker processes)."""
-
-    source: Path
-    out: Path
-    label: str
-    fmt: str = "auto"
-    selection: SelectionConfig = field(default_factory=lambda: PRESETS["madrazo2017"])
-    step_size: int = DEFAULT_STEP_SIZE
-
-
-@dataclass(frozen=True)
-class ConvertResult:
-    source: Path
-    out: Path
-    fmt: str
-    events_read: int
-    events_accepted: int
-    seconds: float
+__all__ = ["DEFAULT_STEP_SIZE", "FORMATS", "RECORD_NAME", "ConvertJob", "ConvertResult", "ConvertRun",
+           "ConvertFailures", "Failure", "convert_all", "convert_file", "plan_jobs"]
 
 
 @dataclass(frozen=True)
 class Failure:
-    """A bad input, as plain strings (InputError itself does not survive pickling)."""
+    """An input that failed: `input` as given, and the source and problem of its InputError."""
 
+    input: str
     source: str
     problem: str
 
@@ -91,82 +48,38 @@ class Failure:
         return InputError(self.source, self.problem)
 
 
-def detect_format(path: str | Path) -> str:
-    """'nanoaod', 'delphes' or 'json' from the file's first bytes and, for ROOT, its trees."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "is a folder, not a file" if path.is_dir() else "no such file")
-    with open(path, "rb") as f:
-        head = f.read(64)
-    if head.startswith(b"root"):
-        root, _ = open_tree(path)
-        try:
-            trees = tree_names(root, path)
-        finally:
-            root.file.close()
-        for tree, fmt in ((NANOAOD_TREE, "nanoaod"), (DELPHES_TREE, "delphes")):
-            if tree in trees:
-                return fmt
-        raise InputError(path, f"no '{NANOAOD_TREE}' (NanoAOD) or '{DELPHES_TREE}' tree "
-                               f"(trees in the file: {', '.join(trees) or 'none'})")
-    if head.lstrip().startswith(b"{"):
-        return "json"
-    raise InputError(path, "empty file" if not head else "neither a ROOT file nor JSON")
+class ConvertFailures(InputError):
+    """Some inputs failed while converting; the others completed and their outputs stand (`run`)."""
+
+    def __init__(self, run: "ConvertRun"):
+        self.run = run
+        first, more = run.failures[0], len(run.failures) - 1
+        super().__init__(first.source, first.problem + (f" (and {more} more input(s) failed)" if more else ""))
 
 
-def open_reader(path: str | Path, fmt: str = "auto", step_size: int = DEFAULT_STEP_SIZE):
-    """The reader for `path`: checks the file, its tree and branches; reads no event data yet."""
-    if fmt not in FORMATS:
-        raise InputError(f"--format {fmt}", f"unknown format (known: {', '.join(FORMATS)})")
-    if fmt == "auto":
-        fmt = detect_format(path)
-    return READERS[fmt](path, step_size)
+@dataclass(frozen=True)
+class Checked:
+    """A job whose input passed the checks, with its format resolved, its size and its events."""
+
+    job: ConvertJob
+    input_bytes: int
+    events: int
 
 
-def select(events: ak.Array, cfg: SelectionConfig) -> ak.Array:
-    """Keep objects that pass identification/isolation (`good`) and the object windows of `cfg`,
-    then the events that pass its count cuts. `none` keeps everything.
+@dataclass
+class ConvertRun:
+    """What one run did with the inputs of its slice, and where the whole list stands."""
 
-    The windows are those of engine.data.canonical.selection.select_objects, applied on flat numpy
-    arrays in one pass per collection (tests check both give the same events).
-    """
-    if cfg.name == "none":
-        return events
-    windows = {"electrons": (cfg.lepton_pt_min_gev, cfg.lepton_abs_eta_max),
-               "muons": (cfg.lepton_pt_min_gev, cfg.lepton_abs_eta_max),
-               "jets": (cfg.jet_pt_min_gev, cfg.jet_abs_eta_max)}
-    for name, (pt_min, abs_eta_max) in windows.items():
-        offsets, fields = record_parts(events[name])
-        keep = fields.pop("good") & (fields["pt"] > pt_min) & (np.abs(fields["eta"]) < abs_eta_max)
-        events = ak.with_field(events, keep_objects(offsets, fields, keep), name)
-    return events[event_mask(events, cfg)]
-
-
-def convert_file(job: ConvertJob) -> ConvertResult:
-    """Convert one input to `job.out` atomically; InputError for a bad input (nothing written)."""
-    start = time.perf_counter()
-    reader = open_reader(job.source, job.fmt, job.step_size)
-    read = 0
-    try:
-        with ParquetSink(job.out, "events", [job.label], _provenance(job, reader)) as sink:
-            for events in reader.chunks():
-                read += len(events)
-                try:
-                    table = events_table(select(events, job.selection), job.label, [job.label])
-                except ValueRangeError as exc:
-                    raise InputError(job.source, str(exc)) from None
-                check_finite(table, job.source)
-                sink.write(table)
-    finally:
-        reader.close()
-    return ConvertResult(job.source, job.out, reader.format, read, sink.rows,
-                         time.perf_counter() - start)
-
-
-def _provenance(job: ConvertJob, reader) -> dict:
-    return {"converter": "engine convert", "format": reader.format, "input": job.source.name,
-            "input_bytes": job.source.stat().st_size, **reader.provenance(),
-            "selection": to_dict(job.selection), "events_read": reader.num_events}
+    converted: list[ConvertResult] = field(default_factory=list)
+    skipped: list[ConvertJob] = field(default_factory=list)
+    """Inputs whose output was already done."""
+    damaged: list[tuple[Path, str]] = field(default_factory=list)
+    """Outputs that did not open (and why), converted again."""
+    failures: list[Failure] = field(default_factory=list)
+    remaining: int = 0
+    """Inputs of the whole list not converted yet (after this run)."""
+    record: Path | None = None
+    """The record, if this run wrote it."""
 
 
 def plan_jobs(inputs: list[str | Path], out_dir: str | Path, label: str, fmt: str = "auto",
@@ -197,106 +110,126 @@ def plan_jobs(inputs: list[str | Path], out_dir: str | Path, label: str, fmt: st
     return jobs
 
 
-def _attempt(job: ConvertJob, check_only: bool = False) -> ConvertResult | Failure | None:
-    try:
-        if check_only:
-            open_reader(job.source, job.fmt, job.step_size).close()
-            return None
-        return convert_file(job)
-    except InputError as exc:
-        return Failure(exc.source, exc.problem)
-
-
-def iter_convert(jobs: list[ConvertJob], workers: int = 1,
-                 skip_bad: bool = False) -> Iterator[ConvertResult | Failure]:
-    """Check every input, then convert the good ones; yield results in input order.
-
-    Without `skip_bad` the first bad input raises InputError (checks run before any conversion,
-    so most bad inputs stop the run before anything is written); with it, failures are yielded.
-    """
-    if workers < 1:
-        raise InputError("--workers", "must be at least 1")
-    good = []
+def check_inputs(jobs: list[ConvertJob], skip_bad: bool = False) -> tuple[list[Checked], list[Failure]]:
+    """Open every input (no event data read). The first bad one raises InputError, unless
+    `skip_bad`: then the bad ones come back as failures."""
+    checked, failures = [], []
     for job in jobs:
-        failure = _attempt(job, check_only=True)
-        if failure is None:
-            good.append(job)
-        elif skip_bad:
-            yield failure
-        else:
-            raise failure.error()
-    for outcome in _run(good, workers):
-        if isinstance(outcome, Failure) and not skip_bad:
-            raise outcome.error()
-        yield outcome
-
-
-def _run(jobs: list[ConvertJob], workers: int) -> Iterator[ConvertResult | Failure]:
-    if workers == 1 or len(jobs) <= 1:
-        yield from map(_attempt, jobs)
-        return
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=context) as pool:
-        futures = [pool.submit(_attempt, job) for job in jobs]
         try:
-            for future in futures:
-                yield future.result()
+            reader = open_reader(job.source, job.fmt, job.step_size)
+        except InputError as exc:
+            if not skip_bad:
+                raise
+            failures.append(Failure(str(job.source), exc.source, exc.problem))
+            continue
+        try:
+            checked.append(Checked(replace(job, fmt=reader.format), job.source.stat().st_size,
+                                   known_events(reader)))
         finally:
-            for future in futures:
-                future.cancel()
+            reader.close()
+    return checked, failures
 
 
-def convert_all(jobs: list[ConvertJob], out_dir: str | Path, workers: int = 1, skip_bad: bool = False,
-                on_result: Callable[[ConvertResult], None] | None = None
-                ) -> tuple[list[ConvertResult], list[Failure]]:
-    """Convert `jobs` (from `plan_jobs(..., out_dir, ...)`) all or nothing; see the module docstring.
-
-    Returns the results (with their final paths) and the failures. Without `skip_bad` a bad input
-    raises InputError and leaves `out_dir` as it was; with it, nothing is written if nothing converted.
-    """
+def convert_all(jobs: list[ConvertJob], out_dir: str | Path, executor: ExecutorSpec | None = None,
+                skip_bad: bool = False, part: TaskSlice | None = None,
+                progress: bool | None = False) -> ConvertRun:
+    """Convert the `part` slice of `jobs` (from `plan_jobs(..., out_dir, ...)`, the whole list) on
+    `executor`; see the module docstring. InputError for a bad input (without `skip_bad`) or an
+    output of other settings, before any work; inputs that fail while converting raise
+    ConvertFailures once the others completed (without `skip_bad`), or are in the result."""
+    executor, part = executor or ExecutorSpec(), part or TaskSlice()
+    checked, failures = check_inputs([jobs[i] for i in part.select(len(jobs))], skip_bad)
     out_dir = Path(out_dir)
     created = not out_dir.exists()
     writable_folder(out_dir)
-    done: list[ConvertResult] = []
-    failures: list[Failure] = []
-    for job in jobs:  # temporaries a killed writer left beside the outputs
-        if job.out.is_dir():
-            raise InputError(job.out, "is a folder: cannot be replaced by the converted file")
-        remove_stale(out_dir, f".{job.out.name}{TMP_MARK}")
-    with _staging(out_dir, created) as staging:
-        staged = [replace(job, out=staging / job.out.name) for job in jobs]
-        for outcome in iter_convert(staged, workers=workers, skip_bad=skip_bad):
-            if isinstance(outcome, Failure):
-                failures.append(outcome)
-                continue
-            outcome = replace(outcome, out=out_dir / outcome.out.name)
-            done.append(outcome)
-            if on_result is not None:
-                on_result(outcome)
-        if done:
-            for result in done:
-                os.replace(staging / result.out.name, result.out)
-            _write_record(out_dir / RECORD_NAME, done, failures)
-    return done, failures
-
-
-@contextmanager
-def _staging(out_dir: Path, created: bool) -> Iterator[Path]:
-    """A hidden folder for this run's outputs, removed at the end whatever happens (and `out_dir`
-    too if this run `created` it and left nothing in it)."""
     try:
-        with private_folder(out_dir, STAGING_PREFIX) as folder:
-            yield folder
+        sweep_temporaries(out_dir)          # what killed writers left
+        found = _survey(jobs, {c.job.source: c for c in checked})
+        run = ConvertRun(failures=failures)
+        todo = _to_convert(checked, found, run)
+        run.converted, failed = _convert(todo, executor, progress)
+        order = {str(job.source): i for i, job in enumerate(jobs)}
+        run.failures = sorted(run.failures + failed, key=lambda f: order[f.input])
+        _finish(jobs, out_dir, found, run, skip_bad)
     finally:
         if created and not any(out_dir.iterdir()):
             out_dir.rmdir()
+    if run.failures and not skip_bad:
+        raise ConvertFailures(run)
+    return run
 
 
-def _write_record(path: Path, done: list[ConvertResult], failures: list[Failure]) -> None:
-    record = {
-        "converted": [{"input": str(r.source), "output": r.out.name, "format": r.fmt,
-                       "events_read": r.events_read, "events_accepted": r.events_accepted} for r in done],
-        "failed": [{"input": f.source, "problem": f.problem} for f in failures],
-    }
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(record, indent=2) + "\n")
+def _to_convert(checked: list[Checked], found: dict[Path, Existing], run: ConvertRun) -> list[Checked]:
+    """The checked inputs whose output is not done; the others go to `run.skipped`."""
+    todo = []
+    for item in checked:
+        state = found[item.job.source]
+        if state.state == "done":
+            run.skipped.append(item.job)
+            continue
+        if state.state == "damaged":
+            run.damaged.append((item.job.out, state.detail))
+        todo.append(item)
+    return todo
+
+
+def _survey(jobs: list[ConvertJob], checked: dict[Path, Checked]) -> dict[Path, Existing]:
+    """Every job's output state, by input; InputError for the first written with other settings."""
+    found = {}
+    for job in jobs:
+        state = _state(job, checked.get(job.source))
+        if state.state == "other":
+            raise other_settings_error(job, state.detail)
+        found[job.source] = state
+    return found
+
+
+def _state(job: ConvertJob, item: Checked | None) -> Existing:
+    """`examine` the output; for an input this run did not check (another slice's, or a bad one),
+    only if the input can be sized and its format told, else it counts as missing."""
+    if item is not None:
+        return examine(job, expected_settings(job, item.job.fmt, item.input_bytes))
+    if not job.out.exists():
+        return MISSING
+    try:
+        fmt = detect_format(job.source) if job.fmt == "auto" else job.fmt
+        size = job.source.stat().st_size
+    except (InputError, OSError):
+        return MISSING
+    return examine(job, expected_settings(job, fmt, size))
+
+
+def _convert(todo: list[Checked], executor: ExecutorSpec,
+             progress: bool | None) -> tuple[list[ConvertResult], list[Failure]]:
+    if not todo:
+        return [], []
+    tasks = [Task(str(item.job.source), convert_file, (item.job,), item.events) for item in todo]
+    outcomes = run_tasks(tasks, executor, progress=progress, desc="convert", keep_failures=True)
+    failures = [Failure(o.name, o.source, o.problem) for o in outcomes if isinstance(o, Failed)]
+    return [o for o in outcomes if isinstance(o, ConvertResult)], failures
+
+
+def _finish(jobs: list[ConvertJob], out_dir: Path, found: dict[Path, Existing], run: ConvertRun,
+            skip_bad: bool) -> None:
+    """Count the inputs of the whole list still unconverted (looking again at the outputs other runs
+    may have written since the survey); write the record if there are none."""
+    now = {result.source: result for result in run.converted}
+    failed = {f.input for f in run.failures} if skip_bad else set()
+    entries, remaining = [], 0
+    for job in jobs:
+        result = now.get(job.source) or found[job.source]
+        if isinstance(result, Existing) and result.state != "done" and str(job.source) not in failed:
+            result = _state(job, None)
+        if isinstance(result, ConvertResult) or result.state == "done":
+            entries.append(record_entry(job, result))
+        elif str(job.source) not in failed:
+            remaining += 1
+    run.remaining = remaining
+    if remaining == 0 and entries:
+        run.record = out_dir / RECORD_NAME
+        write_record(run.record, entries, [_failed_entry(f) for f in run.failures])
+
+
+def _failed_entry(failure: Failure) -> dict:
+    same = failure.source == failure.input
+    return {"input": failure.input, "problem": failure.problem if same else f"{failure.source}: {failure.problem}"}

@@ -5,16 +5,14 @@ for a batch of events at once (`Pythia.nextBatch`, an awkward array of particles
 detector response (`engine.data.generation.detector`) and clusters all events of the batch in
 one FastJet call (its awkward interface, about twice as fast as a list of PseudoJets per event).
 
-Parallelism: W worker processes, each with its own Pythia seeded from (seed, worker index), each
-producing a fixed share of the N accepted rows; shares are written to part files and joined in
-worker order, so the same seed and W give the same file. The part files live in a hidden folder
-(`.<process>-parts-<pid>-...`), which no reader lists; the next run removes one a killed run left.
+Tasks, not workers: the N accepted rows are cut into tasks of `task_events` rows; task i has its
+own Pythia and detector generator seeded from (seed, i) and writes its own part file
+(`run_task`). So the same seed gives the same parts whatever runs them; `runner` plans the tasks,
+skips the complete ones, runs the others on an executor and lists the parts.
 """
 from __future__ import annotations
 
 import math
-import sys
-import time
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
@@ -22,7 +20,6 @@ from typing import Callable
 
 import awkward as ak
 import numpy as np
-import pyarrow.parquet as pq
 
 from engine.config import to_dict
 from engine.data.canonical.parquet_io import ParquetSink
@@ -31,40 +28,48 @@ from engine.data.canonical.selection import SelectionConfig, apply_selection, fa
 from engine.data.generation import detector
 from engine.data.generation.detector import DetectorConfig
 from engine.data.generation.processes import Process, get_process, make_pythia, stdout_silenced
-from engine.data.generation.worker_pool import parts_folder, run_workers
 from engine.errors import InputError
-from engine.files import writable_folder
 
-MAX_BATCH_EVENTS = 200
+MAX_BATCH_EVENTS = 1000
 """Pythia events per nextBatch call (bounded so memory and progress stay smooth)."""
+DEFAULT_TASK_EVENTS = 5000
+"""Accepted rows per task: ~100 s of ttbar on one core, so Pythia's start-up costs ~1 %."""
 
 
 @dataclass(frozen=True)
 class GenerateJob:
-    """Everything that determines the output file."""
+    """Everything that determines the output."""
 
     process: str
     events: int
     """Rows to write: events (or large-radius jets) that pass the selection."""
     ecm_gev: float
     seed: int
-    workers: int
     selection: SelectionConfig
     detector: DetectorConfig
+    task_events: int = DEFAULT_TASK_EVENTS
+    """Accepted rows per task (the last task takes the rest)."""
+
+    def quotas(self) -> list[int]:
+        """Rows of each task: task_events each, the last one the remainder."""
+        full, rest = divmod(self.events, self.task_events)
+        return [self.task_events] * full + ([rest] if rest else [])
+
+    def settings(self) -> dict:
+        """What makes a part: everything but the number of events (a larger run reuses the parts)."""
+        return {"generator": "pythia8", "generator_version": version("pythia8mc"),
+                "fastjet_version": version("fastjet"), "process": self.process,
+                "process_settings": list(get_process(self.process).settings), "ecm_gev": self.ecm_gev,
+                "seed": self.seed, "task_events": self.task_events,
+                "selection": to_dict(self.selection), "detector": to_dict(self.detector)}
 
 
 # ---------------------------------------------------------------- seeds and shares
 
-def worker_seeds(seed: int, worker: int) -> tuple[int, np.random.Generator]:
-    """Pythia's Random:seed (1..900000000) and the detector's numpy generator for one worker."""
-    pythia_ss, numpy_ss = np.random.SeedSequence([seed, worker]).spawn(2)
+def task_seeds(seed: int, task: int) -> tuple[int, np.random.Generator]:
+    """Pythia's Random:seed (1..900000000) and the detector's numpy generator for one task."""
+    pythia_ss, numpy_ss = np.random.SeedSequence([seed, task]).spawn(2)
     return int(pythia_ss.generate_state(1)[0]) % 900_000_000 + 1, np.random.default_rng(numpy_ss)
-
-
-def split_counts(total: int, workers: int) -> list[int]:
-    """Deterministic shares of `total` over `workers` (the first ones get one more)."""
-    base, extra = divmod(total, workers)
-    return [base + (w < extra) for w in range(workers)]
 
 
 def make_worker_pythia(process: Process, ecm_gev: float, seed: int):
@@ -230,50 +235,51 @@ def _higgs_matched(fat: ak.Array, particles, flat, counts, match_dr: float) -> a
     return ak.any(near, axis=2)
 
 
-# ---------------------------------------------------------------- one worker
+# ---------------------------------------------------------------- one task
 
-def run_worker(job: GenerateJob, worker: int, quota: int, part_path: Path,
-               report: Callable[[int, int], None]) -> dict:
-    """Generate until `quota` rows pass the selection; write them to `part_path`.
+def run_task(job: GenerateJob, task: int, quota: int, part_path: Path, provenance: dict) -> dict:
+    """Generate until `quota` rows pass the selection; write them to `part_path` atomically.
 
-    `report(generated, accepted)` is called after every batch with the increments.
-    `generated` counts the events up to the last one that gave a kept row (the rest of the
-    last batch is dropped unused), so accepted / generated is the acceptance.
-    Returns generated / accepted counts and Pythia's cross-section (pb) for this worker.
+    `generated` counts the events up to the last one that gave a kept row (the rest of the last
+    batch is dropped unused), so accepted / generated is the acceptance. The part's provenance is
+    `provenance` plus this task's counts and Pythia's cross-section (pb); they are also returned.
     """
     process = get_process(job.process)
-    pythia_seed, rng = worker_seeds(job.seed, worker)
+    pythia_seed, rng = task_seeds(job.seed, task)
     pythia = make_worker_pythia(process, job.ecm_gev, pythia_seed)
     charge_of = _charge_lookup(pythia)
-    generated = accepted = 0
-    with ParquetSink(part_path, process.kind, [process.name], {}) as sink:
-        while accepted < quota:
-            size = _batch_size(quota - accepted, generated, accepted)
-            batch = pythia.nextBatch(size)
-            if len(batch) == 0:
-                raise InputError("--ecm", f"Pythia generated no event of process '{process.name}' at "
-                                          f"{job.ecm_gev:g} GeV in {size} tries "
-                                          f"(too close to its threshold?)")
-            rows = _rows(batch, process, job, rng, charge_of, worker, generated, accepted)
-            used = len(batch)
-            if len(rows) > quota - accepted:  # events after the last row kept count for nothing
-                rows = rows[: quota - accepted]
-                used = int(rows.ibatch[-1]) + 1
-            sink.write(_table(rows, process))
-            generated += used
-            accepted += len(rows)
-            report(used, len(rows))
+    tables, generated, accepted = [], 0, 0
+    while accepted < quota:
+        size = _batch_size(quota - accepted, generated, accepted)
+        batch = pythia.nextBatch(size)
+        if len(batch) == 0:
+            raise InputError("--ecm", f"Pythia generated no event of process '{process.name}' at "
+                                      f"{job.ecm_gev:g} GeV in {size} tries "
+                                      f"(too close to its threshold?)")
+        rows = _rows(batch, process, job, rng, charge_of, task, generated, accepted)
+        used = len(batch)
+        if len(rows) > quota - accepted:  # events after the last row kept count for nothing
+            rows = rows[: quota - accepted]
+            used = int(rows.ibatch[-1]) + 1
+        tables.append(_table(rows, process))
+        generated += used
+        accepted += len(rows)
     info = pythia.infoPython()
-    return {"generated": generated, "accepted": accepted, "pythia_tried": int(info.nTried()),
-            "sigma_pb": info.sigmaGen() * 1e9, "sigma_err_pb": info.sigmaErr() * 1e9}
+    counts = {"task": task, "generated": generated, "accepted": accepted,
+              "pythia_tried": int(info.nTried()), "sigma_pb": info.sigmaGen() * 1e9,
+              "sigma_err_pb": info.sigmaErr() * 1e9}
+    with ParquetSink(part_path, process.kind, [process.name], {**provenance, **counts}) as sink:
+        for table in tables:
+            sink.write(table)
+    return counts
 
 
-def _rows(batch, process: Process, job: GenerateJob, rng, charge_of, worker: int,
+def _rows(batch, process: Process, job: GenerateJob, rng, charge_of, task: int,
           generated: int, accepted: int) -> ak.Array:
-    """Selected rows of one batch with weight, run (1), lumi (worker + 1) and event.
+    """Selected rows of one batch with weight, run (1), lumi (task + 1) and event.
 
-    `event` numbers the worker's generated events from 1 (for fat jets, which can be several per
-    event, it numbers the worker's jets instead), so (run, lumi, event) is unique in the file.
+    `event` numbers the task's generated events from 1 (for fat jets, which can be several per
+    event, it numbers the task's jets instead), so (run, lumi, event) is unique in the dataset.
     """
     particles, flat, counts = batch_particles(batch, charge_of)
     if process.kind == "fatjets":
@@ -287,7 +293,7 @@ def _rows(batch, process: Process, job: GenerateJob, rng, charge_of, worker: int
         number = generated + 1 + rows.ibatch
     n = len(rows)
     header = {"weight": np.ones(n, np.float32), "run": np.ones(n, np.int64),
-              "lumi": np.full(n, worker + 1, np.int64), "event": ak.to_numpy(number).astype(np.int64)}
+              "lumi": np.full(n, task + 1, np.int64), "event": ak.to_numpy(number).astype(np.int64)}
     for name, values in header.items():
         rows = ak.with_field(rows, values, name)
     return rows
@@ -316,74 +322,3 @@ def _charge_lookup(pythia) -> Callable[[np.ndarray], np.ndarray]:
         return np.array([cache[v] for v in unique.tolist()], dtype=np.int8)[inverse]
 
     return charge_of
-
-
-# ---------------------------------------------------------------- the whole job
-
-def generate(job: GenerateJob, out_dir: str | Path, progress: bool | None = None) -> dict:
-    """Run `job` on job.workers processes and write out_dir/<process>.parquet atomically.
-
-    Returns the summary: path, generated, accepted, acceptance, seconds, rate_per_s,
-    cross_section_pb, cross_section_err_pb. `progress=None` shows a bar only on a terminal.
-    """
-    from tqdm import tqdm
-
-    process = get_process(job.process)
-    out_dir = writable_folder(out_dir)
-    target = out_dir / f"{process.name}.parquet"
-    if target.is_dir():
-        raise InputError(target, "is a folder: cannot be replaced by the generated file")
-    quotas = split_counts(job.events, job.workers)
-    start = time.perf_counter()
-    with parts_folder(out_dir, process.name) as tmp:
-        parts = [tmp / f"part-{w}.parquet" for w in range(len(quotas))]
-        with tqdm(total=job.events, unit="ev", desc=process.name, file=sys.stderr,
-                  disable=None if progress is None else not progress) as bar:
-            results = run_workers(run_worker, job, quotas, parts, lambda gen, acc: bar.update(acc))
-        seconds = time.perf_counter() - start
-        summary = _summary(results, seconds, target)
-        provenance = _provenance(job, process, summary, len(quotas))
-        with ParquetSink(summary["path"], process.kind, [process.name], provenance) as sink:
-            for part, quota in zip(parts, quotas):
-                if quota:
-                    sink.write(pq.read_table(part))
-    return summary
-
-
-def _summary(results: list[dict], seconds: float, path: Path) -> dict:
-    generated = sum(r["generated"] for r in results)
-    accepted = sum(r["accepted"] for r in results)
-    weights = np.array([r["pythia_tried"] for r in results], dtype=np.float64)
-    sigma = np.array([r["sigma_pb"] for r in results])
-    error = np.array([r["sigma_err_pb"] for r in results])
-    total = weights.sum() or 1.0
-    return {"path": str(path), "generated": generated, "accepted": accepted,
-            "acceptance": accepted / max(generated, 1), "seconds": seconds,
-            "rate_per_s": accepted / seconds if seconds > 0 else 0.0,
-            "generated_per_s": generated / seconds if seconds > 0 else 0.0,
-            "cross_section_pb": float((weights * sigma).sum() / total),
-            "cross_section_err_pb": float(np.sqrt(((weights * error) ** 2).sum()) / total)}
-
-
-def _provenance(job: GenerateJob, process: Process, summary: dict, workers: int) -> dict:
-    return {
-        "generator": "pythia8", "generator_version": version("pythia8mc"),
-        "fastjet_version": version("fastjet"),
-        "process": process.name, "process_settings": list(process.settings),
-        "ecm_gev": job.ecm_gev, "seed": job.seed, "workers": workers,
-        "selection": to_dict(job.selection), "detector": to_dict(job.detector),
-        "cross_section_pb": summary["cross_section_pb"],
-        "cross_section_err_pb": summary["cross_section_err_pb"],
-        "generated": summary["generated"], "accepted": summary["accepted"],
-    }
-
-
-def format_summary(summary: dict, process: str) -> list[str]:
-    """The closing lines printed by the CLI."""
-    return [
-        f"{process}: generated {summary['generated']} events, accepted {summary['accepted']} "
-        f"(acceptance {summary['acceptance']:.3f}) in {summary['seconds']:.1f} s "
-        f"= {summary['rate_per_s']:.1f} accepted/s",
-        f"{process}: Pythia cross-section {summary['cross_section_pb']:.4g} "
-        f"+- {summary['cross_section_err_pb']:.2g} pb; wrote {summary['path']}",
-    ]

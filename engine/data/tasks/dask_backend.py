@@ -11,7 +11,7 @@ import logging
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
-from engine.data.tasks.run import Task, attempt, settle
+from engine.data.tasks.outcome import Task, attempt, settle
 from engine.data.tasks.spec import ClusterConfig, ExecutorSpec
 from engine.errors import InputError
 

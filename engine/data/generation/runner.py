@@ -1,0 +1,183 @@
+"""A generation run: plan the tasks of a GenerateJob, skip those whose parts are complete, run the
+others on an executor, and list the parts in the dataset document (engine.data.canonical.parts).
+
+The output of `generate(job, DIR)` is the folder DIR/<process>/ of parts `part-000000.parquet`...
+and `_dataset.json`. A part is complete when it opens cleanly (page and metadata checksums) and
+its provenance has this job's settings, its task index and its quota of rows; a part written with
+other settings is an InputError naming the first difference, never mixed in. A task slice (array
+job) runs only its tasks; whichever run finds every part complete writes the final document, so
+the slices of one job together give the same folder as one run.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from engine.data.canonical import parts
+from engine.data.canonical.parquet_io import open_parquet
+from engine.data.generation.generate import GenerateJob, run_task
+from engine.data.generation.processes import get_process
+from engine.data.tasks import ExecutorSpec, Task, TaskSlice, run_tasks
+from engine.errors import InputError
+from engine.files import make_folder, sweep_temporaries, writable_folder
+
+
+def generate(job: GenerateJob, out_dir: str | Path, executor: ExecutorSpec | None = None,
+             tasks: TaskSlice | None = None, progress: bool | None = None) -> dict:
+    """Run `job` (or its slice `tasks`) into out_dir/<process>/; returns the summary (see `summarise`)."""
+    executor = executor or ExecutorSpec()
+    tasks = tasks or TaskSlice()
+    folder = _dataset_folder(writable_folder(out_dir), job.process)
+    quotas = job.quotas()
+    settings = job.settings()
+    _check_document(folder, settings)
+    existing = _existing_parts(folder, len(quotas))
+    mine = tasks.select(len(quotas))
+    todo = [i for i in mine if not _complete(existing.get(i), settings, i, quotas[i])]
+    parts.write_document(folder, _plan_document(job, settings, len(quotas)))
+    sweep_temporaries(folder)
+    start = time.perf_counter()
+    run = [Task(f"{job.process}-{i:06d}", run_task, (job, i, quotas[i], folder / parts.part_name(i), settings),
+                events=quotas[i]) for i in todo]
+    try:
+        run_tasks(run, executor, progress=progress, desc=job.process)
+    except InputError:
+        _forget_if_empty(folder)
+        raise
+    seconds = time.perf_counter() - start
+    found = {i: _part_counts(folder / parts.part_name(i), settings, i, quotas[i]) for i in range(len(quotas))}
+    complete = all(found.values())
+    if complete:
+        parts.write_document(folder, _final_document(job, settings, found))
+    return summarise(job, folder, found, ran=todo, slice_tasks=mine, seconds=seconds,
+                     complete=complete)
+
+
+def _forget_if_empty(folder: Path) -> None:
+    """After a failed run that left no part: remove the plan (and the folder if it is then empty)."""
+    if not any(folder.glob("part-*.parquet")):
+        (folder / parts.DATASET).unlink(missing_ok=True)
+        if not any(folder.iterdir()):
+            folder.rmdir()
+
+
+def _dataset_folder(out_dir: Path, process: str) -> Path:
+    folder = out_dir / get_process(process).name
+    if folder.exists() and not folder.is_dir():
+        raise InputError(folder, "is a file: the generated parts go into a folder of that name")
+    return make_folder(folder, "the dataset folder")
+
+
+def _check_document(folder: Path, settings: dict) -> None:
+    doc = parts.read_document(folder)
+    if doc is not None and doc.get("settings") != settings:
+        raise InputError(folder, f"holds a dataset generated with other settings "
+                                 f"({_difference(doc.get('settings'), settings)}): use another --out")
+
+
+def _existing_parts(folder: Path, n_tasks: int) -> dict[int, Path]:
+    found = {}
+    for path in sorted(folder.glob("part-*.parquet")):
+        try:
+            task = int(path.stem.removeprefix("part-"))
+        except ValueError:
+            raise InputError(path, "is not a part of this dataset (unexpected name)") from None
+        if task >= n_tasks:
+            raise InputError(path, f"is beyond this run's {n_tasks} task(s) (left by a run with more "
+                                   f"--events): remove it or use another --out")
+        found[task] = path
+    return found
+
+
+def _complete(path: Path | None, settings: dict, task: int, quota: int) -> bool:
+    return path is not None and _part_counts(path, settings, task, quota) is not None
+
+
+def _part_counts(path: Path, settings: dict, task: int, quota: int) -> dict | None:
+    """The counts in a complete part's provenance; None if it is missing or unreadable (it is then
+    generated again); InputError if it was written with other settings."""
+    if not path.is_file():
+        return None
+    try:
+        pf, meta = open_parquet(path)
+    except InputError:
+        return None
+    prov = meta.get("provenance", {})
+    mine = {k: prov.get(k) for k in settings}
+    if mine != settings:
+        raise InputError(path, f"was generated with other settings ({_difference(mine, settings)}): "
+                               f"use another --out")
+    if prov.get("task") != task or prov.get("accepted") != quota or pf.metadata.num_rows != quota:
+        return None
+    return {k: prov[k] for k in ("generated", "accepted", "pythia_tried", "sigma_pb", "sigma_err_pb")}
+
+
+def _difference(found, wanted: dict) -> str:
+    found = found if isinstance(found, dict) else {}
+    for key in wanted:
+        if found.get(key) != wanted[key]:
+            old, new = found.get(key), wanted[key]
+            if isinstance(old, dict) and isinstance(new, dict):
+                return f"{key}.{_difference(old, new)}"
+            return f"{key} {old} -> {new}"
+    return "unknown keys"
+
+
+def _plan_document(job: GenerateJob, settings: dict, n_tasks: int) -> dict:
+    process = get_process(job.process)
+    return {"kind": process.kind, "process": process.name, "class_names": [process.name],
+            "settings": settings, "events": job.events, "tasks": n_tasks, "complete": False, "parts": []}
+
+
+def _final_document(job: GenerateJob, settings: dict, found: dict[int, dict]) -> dict:
+    doc = _plan_document(job, settings, len(found))
+    sigma, error = cross_section(list(found.values()))
+    listed = [{"name": parts.part_name(i), "task": i, **found[i]} for i in sorted(found)]
+    return {**doc, "complete": True, "parts": listed, "cross_section_pb": sigma,
+            "cross_section_err_pb": error, "generated": sum(c["generated"] for c in found.values()),
+            "accepted": sum(c["accepted"] for c in found.values())}
+
+
+def cross_section(counts: list[dict]) -> tuple[float, float]:
+    """Pythia's cross-sections of the parts, combined with their numbers of tries as weights (pb)."""
+    weights = np.array([c["pythia_tried"] for c in counts], dtype=np.float64)
+    sigma = np.array([c["sigma_pb"] for c in counts])
+    error = np.array([c["sigma_err_pb"] for c in counts])
+    total = weights.sum() or 1.0
+    return float((weights * sigma).sum() / total), float(np.sqrt(((weights * error) ** 2).sum()) / total)
+
+
+def summarise(job: GenerateJob, folder: Path, found: dict[int, dict | None], ran: list[int],
+              slice_tasks: range, seconds: float, complete: bool) -> dict:
+    """path, tasks, tasks_run, tasks_skipped, parts_done, complete, generated/accepted (over the
+    parts there), acceptance, seconds, rate_per_s and generated_per_s (of the tasks run here), cross-section."""
+    there = [c for c in found.values() if c]
+    generated = sum(c["generated"] for c in there)
+    accepted = sum(c["accepted"] for c in there)
+    run_rows = sum(found[i]["accepted"] for i in ran if found.get(i))
+    run_generated = sum(found[i]["generated"] for i in ran if found.get(i))
+    sigma, error = cross_section(there) if there else (0.0, 0.0)
+    return {"path": str(folder), "tasks": len(found), "tasks_run": len(ran),
+            "tasks_skipped": len(slice_tasks) - len(ran), "parts_done": len(there), "complete": complete,
+            "generated": generated, "accepted": accepted, "acceptance": accepted / max(generated, 1),
+            "seconds": seconds, "rate_per_s": run_rows / seconds if seconds > 0 and ran else 0.0,
+            "generated_per_s": run_generated / seconds if seconds > 0 and ran else 0.0,
+            "cross_section_pb": sigma, "cross_section_err_pb": error}
+
+
+def format_summary(summary: dict, process: str) -> list[str]:
+    """The closing lines printed by the CLI."""
+    lines = [f"{process}: {summary['tasks_run']} task(s) run, {summary['tasks_skipped']} already complete; "
+             f"{summary['parts_done']} of {summary['tasks']} parts in {summary['path']}"]
+    if summary["tasks_run"]:
+        lines.append(f"{process}: ran in {summary['seconds']:.1f} s = {summary['rate_per_s']:.1f} accepted/s")
+    if summary["complete"]:
+        lines.append(f"{process}: generated {summary['generated']} events, accepted {summary['accepted']} "
+                     f"(acceptance {summary['acceptance']:.3f}); Pythia cross-section "
+                     f"{summary['cross_section_pb']:.4g} +- {summary['cross_section_err_pb']:.2g} pb")
+    else:
+        lines.append(f"{process}: unfinished: the other slices (or a rerun without --task-index) "
+                     f"complete it")
+    return lines
