@@ -23,7 +23,7 @@ from engine.data.shards import encoding
 from engine.data.shards import inputs as shard_inputs
 from engine.data.shards.inspect import inspect_shards
 from engine.data.shards.plan import assign_splits, buckets_of, event_keys, plan_splits
-from engine.data.tasks import ExecutorSpec
+from engine.data.tasks import ClusterConfig, ExecutorSpec
 from engine.errors import InputError
 
 N_PER_CLASS = 400
@@ -102,6 +102,27 @@ def test_same_bytes_whatever_the_worker_count(inputs, tmp_path):
     _write(inputs, tmp_path / "w2", ExecutorSpec(workers=2), max_bucket_events=100)
     assert _digest(tmp_path / "w1") == _digest(tmp_path / "w2")
     assert inspect_shards(tmp_path / "w2")["ok"]
+
+
+@pytest.mark.slow
+def test_same_bytes_on_a_dask_cluster(inputs, tmp_path):
+    pytest.importorskip("dask.distributed")
+    _write(inputs, tmp_path / "local", max_bucket_events=100)
+    _write(inputs, tmp_path / "dask", ExecutorSpec(kind="dask", cluster=ClusterConfig(type="local", workers=2)),
+           max_bucket_events=100)
+    assert _digest(tmp_path / "dask") == _digest(tmp_path / "local")
+
+
+def test_fatjets_whatever_the_bucket_count(tmp_path):
+    synthetic.write_synthetic(tmp_path / "in", "fatjets", 150, seed=2)
+    one = shards.write_shards([tmp_path / "in"], tmp_path / "one", shards.ShardOptions(events_per_member=16))
+    many = shards.write_shards([tmp_path / "in"], tmp_path / "many",
+                               shards.ShardOptions(events_per_member=16, max_bucket_events=20))
+    assert one["buckets"] == 1 and many["buckets"] == 16
+    for split in shards.SPLITS:
+        assert _events(tmp_path / "one", split) == _events(tmp_path / "many", split)
+    assert [many["splits"][s]["events_per_class"] for s in shards.SPLITS] == [[105, 105], [22, 22], [23, 23]]
+    assert inspect_shards(tmp_path / "many")["ok"]
 
 
 def test_same_bytes_whatever_the_row_groups_and_the_read_slices(inputs, tmp_path, monkeypatch):
