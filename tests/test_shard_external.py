@@ -22,7 +22,8 @@ from engine.data.loader import LoaderConfig, make_loader
 from engine.data.shards import encoding
 from engine.data.shards import inputs as shard_inputs
 from engine.data.shards.inspect import inspect_shards
-from engine.data.shards.plan import assign_splits, buckets_of, event_keys, plan_splits
+from engine.data.shards.plan import (MAX_BUCKET_BITS, assign_splits, bucket_bits, buckets_of, event_keys,
+                                     plan_splits)
 from engine.data.tasks import ClusterConfig, ExecutorSpec
 from engine.errors import InputError
 
@@ -223,6 +224,14 @@ def test_plan_matches_assignment_bucket_by_bucket():
         smallest = np.bincount(labels)[:3].min()
         assert plan.cuts[:, 3].tolist() == [smallest] * 3 + [0]          # balanced; class 3 empty
         assert plan.split_counts.sum() == 3 * smallest
+
+
+def test_bucket_count_from_size_and_memory_only():
+    assert bucket_bits(10 ** 6, 100 * 2 ** 20, 512 * 2 ** 20, None) == 0
+    assert bucket_bits(10 ** 6, 1000 * 2 ** 20, 512 * 2 ** 20, None) == 1           # 2 buckets of ~500 MB
+    assert bucket_bits(10 ** 6, 1025 * 2 ** 20, 512 * 2 ** 20, None) == 2
+    assert bucket_bits(10 ** 6, 100, 512 * 2 ** 20, 1000) == 10                      # <= 1000 events each
+    assert bucket_bits(10 ** 9, 10 ** 12, 1.0, None) == MAX_BUCKET_BITS
 
 
 def test_keys_are_seeded_and_chunk_free():
