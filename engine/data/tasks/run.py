@@ -85,9 +85,28 @@ def _run_on_pool(tasks: list[Task], spec: ExecutorSpec, done: Callable[[Task, An
 
     while len(results) < len(tasks):
         todo = [i for i in range(len(tasks)) if i not in results]
-        with ProcessPoolExecutor(min(spec.workers, len(todo)), mp_context=context) as pool:
+        with ProcessPoolExecutor(min(spec.workers, len(todo)), mp_context=context,
+                                 initializer=_exit_with_parent) as pool:
             _pool_round(pool, tasks, todo, tries, finish)
     return [results[i] for i in range(len(tasks))]
+
+
+def _exit_with_parent() -> None:
+    """In a pool worker: a thread that ends the process when the command that started it is gone
+    (killed), instead of finishing its task as an orphan; its temporaries are swept by the next run."""
+    import multiprocessing
+    import os
+    import threading
+    import time
+
+    parent = multiprocessing.parent_process()
+
+    def watch() -> None:
+        while parent is None or parent.is_alive():
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="exit-with-parent").start()
 
 
 def _pool_round(pool: ProcessPoolExecutor, tasks: list[Task], todo: list[int], tries: dict[int, int],
