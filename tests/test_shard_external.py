@@ -270,10 +270,12 @@ def test_cli_memory_and_workers(inputs, tmp_path):
     assert bad.returncode == 2 and bad.stderr.strip() == "error: --workers: must be at least 1, got 0"
 
 
-def test_killed_mid_run_leaves_nothing_visible_and_the_rerun_succeeds(inputs, tmp_path):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_killed_mid_run_leaves_nothing_visible_and_the_rerun_succeeds(inputs, tmp_path, workers):
     out = tmp_path / "out"
     args = [sys.executable, "-m", "engine", "shard", "--input", str(inputs), "--out", str(out),
-            "--memory-gb", "0.00002", *(f"--{k.replace('_', '-')}={v}" for k, v in OPTS.items())]
+            "--memory-gb", "0.00002", "--workers", str(workers),
+            *(f"--{k.replace('_', '-')}={v}" for k, v in OPTS.items())]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
     while not list(tmp_path.glob(".out.tmp-*/train/*.tar")) and proc.poll() is None:
