@@ -309,3 +309,12 @@ def test_a_value_no_block_can_hold_is_one_line_and_nothing_is_left(tmp_path):
     sources = f"{tmp_path / 'in' / 'dy.parquet'}, {tmp_path / 'in' / 'ttbar.parquet'}"
     assert result.stderr.strip() == f"error: {sources}: 'pt' has values not representable as float16 (|x| > 65504)"
     assert sorted(os.listdir(tmp_path)) == ["in"]
+
+
+def test_scale_benchmark_measures_a_child_run(tmp_path):
+    from benchmarks.scale_shard import measure_shard
+    records = measure_shard([3001], 0.0001, tmp_path)
+    assert [r["name"] for r in records] == ["shard_peak_rss", "shard_events_per_s"]
+    assert records[0]["params"] == {"events": 3001, "memory_gb": 0.0001, "buckets": 32, "workers": 1}
+    assert 50 < records[0]["value"] < 2000 and records[0]["unit"] == "MiB" and records[1]["value"] > 0
+    assert os.listdir(tmp_path) == []                                   # its inputs and shards removed
