@@ -92,12 +92,26 @@ def measure_pythia_overhead(process: str, events: int, workdir: Path) -> list[di
                    pythia_seconds=round(bare, 2))]
 
 
+def peak_growth(shard: list[dict]) -> list[dict]:
+    """Peak RSS at the largest size over the smallest, minus 1 (one shard process: per core too)."""
+    peaks = sorted((r["params"]["events"], r["value"]) for r in shard if r["name"] == "shard_peak_rss")
+    rates = [r for r in shard if r["name"] == "shard_events_per_s"]
+    memory_gb = shard[0]["params"]["memory_gb"]
+    out = [record("shard_events_per_s_per_core", r["value"] / r["params"]["workers"], "events/s",
+                  **r["params"]) for r in rates]
+    if len(peaks) > 1:
+        out.append(record("shard_peak_rss_growth", peaks[-1][1] / peaks[0][1] - 1.0, "fraction",
+                          memory_gb=memory_gb, events_from=peaks[0][0], events_to=peaks[-1][0],
+                          peak_mib_from=round(peaks[0][1]), peak_mib_to=round(peaks[-1][1])))
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes (a minute)")
     parser.add_argument("--out", required=True, type=Path, help="JSON file for the records")
     parser.add_argument("--shard-sizes", default=None, help="events of the shard runs, comma-separated")
-    parser.add_argument("--memory-gb", type=float, default=2.0, help="shard --memory-gb")
+    parser.add_argument("--memory-gb", default="0.5,2", help="shard --memory-gb values, comma-separated")
     parser.add_argument("--only", choices=("generate", "shard"), default=None)
     args = parser.parse_args(argv)
     sizes = QUICK if args.quick else FULL
@@ -109,10 +123,11 @@ def main(argv: list[str] | None = None) -> int:
             for process in ("ttbar", "dy"):
                 records += measure_pythia_overhead(process, sizes["pythia_events"], Path(tmp))
         if args.only in (None, "shard"):
-            from benchmarks.scale_shard import measure_shard, peak_growth
+            from benchmarks.scale_shard import measure_shard
             shard_sizes = [int(n) for n in (args.shard_sizes or sizes["shard_sizes"]).split(",")]
-            shard = measure_shard(shard_sizes, args.memory_gb, Path(tmp) / "shard")
-            records += shard + peak_growth(shard)
+            for memory_gb in (float(m) for m in args.memory_gb.split(",")):
+                shard = measure_shard(shard_sizes, memory_gb, Path(tmp))
+                records += shard + peak_growth(shard)
     write_results(args.out, records)
     for r in records:
         print(f"{r['name']:<34} {r['value']:>14.4g} {r['unit']:<9} "
