@@ -53,7 +53,7 @@ class Spill:
             table = table.append_column(name, pa.array(values))
         order = np.argsort(buckets, kind="stable")
         bounds = np.searchsorted(buckets[order], np.arange(self.n_buckets + 1))
-        held = table.take(pa.array(order))
+        held = table if self.n_buckets == 1 else table.take(pa.array(order))   # one bucket: in order
         self._held.append((held, bounds))
         self._held_bytes += held.nbytes
         if self._held_bytes >= self.budget_bytes:

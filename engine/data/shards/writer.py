@@ -150,10 +150,11 @@ def _write_split_part(table: pa.Table, rows: np.ndarray, folder: Path, job: Buck
     writer = ShardWriter(folder, prefix, ctx.n_classes, int(ctx.opts.shard_size_mb * 2 ** 20))
     to_block = encoding.block_from_events_table if ctx.kind == "events" else encoding.block_from_fatjets_table
     clipped, size = 0, ctx.opts.events_per_member
+    part = table.take(pa.array(rows))      # one take in key order, then zero-copy slices per block
     for start in range(0, len(rows), size):
         try:
             with np.errstate(over="ignore"):              # an overflow is refused as a BlockError
-                block = to_block(table.take(pa.array(rows[start:start + size])))
+                block = to_block(part.slice(start, size))
         except encoding.BlockError as exc:
             raise InputError(ctx.sources, str(exc)) from None
         clipped += block.clipped
@@ -164,7 +165,7 @@ def _write_split_part(table: pa.Table, rows: np.ndarray, folder: Path, job: Buck
     if len(rows):
         identity = f"{prefix}.identity.arrow"
         index = pa.array(np.arange(first, first + len(rows), dtype=np.int64))
-        ids = pa.Table.from_arrays([index, *table.select(list(IDENTITY_COLUMNS)).take(pa.array(rows)).columns],
+        ids = pa.Table.from_arrays([index, *part.select(list(IDENTITY_COLUMNS)).columns],
                                    schema=IDENTITY_SCHEMA)
         with pa.ipc.new_file(folder / identity, IDENTITY_SCHEMA) as sink:
             sink.write_table(ids)
