@@ -13,10 +13,11 @@ Delphes's leaf names), and a subfield of a top-level field also under the branch
 would have (`Muon_pt`, `MET_pt`); a top-level field named like a branch (`MET_pt`, or `Muon_pt`
 holding a list of numbers) is itself. Messages name the field by its path.
 
-Chunks of an RNTuple are cut inside whole clusters: clusters are read together up to `step_size`
-entries, and a cluster larger than `step_size` is read once and handed out in `step_size` slices,
-so no cluster is decompressed twice. Memory is bounded by the larger of a cluster and a step (of
-the columns read).
+Chunks of an RNTuple are the chunks a TTree of the same entries gives (`step_size` entries, the
+last fewer), so the converted files are the same, but they are read as whole clusters: clusters
+are read together up to `step_size` entries, a cluster larger than `step_size` is read once and
+handed out in slices, and only a chunk that straddles two reads is copied. No cluster is
+decompressed twice; memory is bounded by the larger of a cluster and a step (of the columns read).
 """
 from __future__ import annotations
 
@@ -104,13 +105,13 @@ class NTupleSource:
         return None
 
     def chunks(self, names: list[str], step_size: int) -> Iterator[tuple[dict[str, ak.Array], int]]:
-        """({name: array}, first entry) for up to `step_size` entries at a time, in file order."""
+        """({name: array}, first entry) for `step_size` entries at a time (the last chunk fewer),
+        in file order: the same chunks as a TTree's."""
         wanted = sorted({self.paths[n] for n in names})
-        for first, last in cluster_groups(self._cluster_entries(), step_size):
-            record = self.ntuple.arrays(filter_name=wanted, entry_start=first, entry_stop=last)
-            for start in range(first, last, step_size):
-                part = record[start - first:min(start + step_size, last) - first]
-                yield {n: reduce(lambda a, key: a[key], self.paths[n].split("."), part) for n in names}, start
+        groups = ((first, self.ntuple.arrays(filter_name=wanted, entry_start=first, entry_stop=last))
+                  for first, last in cluster_groups(self._cluster_entries(), step_size))
+        for start, part in steps(groups, step_size):
+            yield {n: reduce(lambda a, key: a[key], self.paths[n].split("."), part) for n in names}, start
 
     def _cluster_entries(self) -> list[int]:
         return [int(c.num_entries) for c in self.ntuple.cluster_summaries]
@@ -142,6 +143,26 @@ def cluster_groups(entries: list[int], step_size: int) -> list[tuple[int, int]]:
     if last > first:
         groups.append((first, last))
     return groups
+
+
+def steps(groups: Iterator[tuple[int, ak.Array]], step_size: int) -> Iterator[tuple[int, ak.Array]]:
+    """(first entry, `step_size` entries) from consecutive (first entry, array) groups, the last
+    chunk shorter: each group is sliced, and only the entries that straddle two groups are copied."""
+    tail, tail_start = None, 0
+    for first, array in groups:
+        offset = 0
+        if tail is not None:
+            offset = min(step_size - len(tail), len(array))
+            tail = ak.concatenate([tail, array[:offset]])
+            if len(tail) < step_size:
+                continue
+            yield tail_start, tail
+        while len(array) - offset >= step_size:
+            yield first + offset, array[offset:offset + step_size]
+            offset += step_size
+        tail, tail_start = (array[offset:], first + offset) if offset < len(array) else (None, 0)
+    if tail is not None:
+        yield tail_start, tail
 
 
 def _with_ancestors(field, ntuple) -> list:
