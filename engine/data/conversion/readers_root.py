@@ -274,7 +274,7 @@ class RootReader:
                                         f"{', '.join(repr(m) for m in missing)}")
 
     def _container(self) -> str:
-        """"tree 'Events'" or "RNTuple 'Events'"."""
+        """The container as messages name it: tree 'Events' or RNTuple 'Events'."""
         return f"{self.source.kind} '{self.tree_name}'"
 
     def chunks(self) -> Iterator[ak.Array]:
