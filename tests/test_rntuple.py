@@ -267,6 +267,16 @@ def _nested_jet_pt(chunk):
     return chunk
 
 
+def _optional_met(chunk):
+    return {**chunk, "MET_pt": ak.Array([None, *chunk["MET_pt"][1:].tolist()])}
+
+
+def _optional_jet_pt(chunk):
+    pt = ak.mask(chunk["Jet"].pt, chunk["Jet"].pt > 0)  # every value present, the type optional
+    chunk["Jet"] = ak.with_field(chunk["Jet"], pt, "pt")
+    return chunk
+
+
 BAD_NANO = {
     "missing_field": (_without("MET_phi"), [], "RNTuple 'Events' has no field 'MET_phi'"),
     "missing_subfield": (_without("Muon.eta"), [], "RNTuple 'Events' has no field 'Muon_eta'"),
@@ -276,6 +286,10 @@ BAD_NANO = {
     "float_jet_id": (_float_jet_id, [], "field 'Jet.jetId' holds float32 values, expected integers"),
     "nested_jet_pt": (_nested_jet_pt, [], "field 'Jet.pt' holds nested lists"),
     "nan": (_nan_met, ["--selection", "none"], "NaN or infinite value(s) in field 'MET_pt'"),
+    "optional_met": (_optional_met, [], "field 'MET_pt' holds optional values (std::optional)"),
+    "optional_jet_pt": (_optional_jet_pt, [], "field 'Jet.pt' holds optional values (std::optional)"),
+    "string_met": (lambda c: {**c, "MET_pt": ak.Array(["a"] * len(c["run"]))}, [],
+                   "field 'MET_pt' holds <U1 values, expected numbers"),
 }
 
 

@@ -190,10 +190,13 @@ class Chunk:
         for name, array in arrays.items():
             self._check_layout(name, array, name in per_event)
             if array.ndim == 1:
-                self.flat[name] = ak.to_numpy(array)
+                content = ak.to_layout(array)
             else:
                 self.offsets[name], content = list_parts(array)
-                self.flat[name] = ak.to_numpy(content)
+            if content.is_option:  # an RNTuple's std::optional; a tree has no such branch
+                raise InputError(self.path, f"{self.describe(name)} holds optional values "
+                                            f"(std::optional), expected numbers")
+            self.flat[name] = ak.to_numpy(content)
             self._check_dtype(name, self.flat[name].dtype)
         self.n = len(next(iter(arrays.values())))
 
