@@ -6,6 +6,7 @@ INSTALL_REQUIRES = [
     "pyarrow>=15",
     "awkward>=2.6",
     "uproot>=5.7",  # RNTuple (format 1.0) reading and writing as used by the converter and its tests
+    "xxhash>=3.0",  # RNTuple page checksums (uproot needs it too)
     "webdataset>=0.2.90",
     "torch>=2.3",
     "accelerate>=1.0",

@@ -80,10 +80,11 @@ def _decompression_errors() -> tuple[type[BaseException], ...]:
 
 
 READ_ERRORS = (OSError, ValueError, EOFError, KeyError, IndexError, struct.error, AssertionError,
-               AttributeError, TypeError, NotImplementedError, uproot.deserialization.DeserializationError,
-               *_decompression_errors())
-"""What uproot raises on truncated or corrupt bytes: its parsers of headers, streamers and baskets
-assert, index and decompress untrusted data, so each of these means a corrupt file."""
+               AttributeError, TypeError, NotImplementedError, UnboundLocalError,
+               uproot.deserialization.DeserializationError, *_decompression_errors())
+"""What uproot raises on truncated or corrupt bytes: its parsers of headers, streamers, baskets and
+pages assert, index and decompress untrusted data, so each of these means a corrupt file
+(UnboundLocalError: uproot's decompression, when the compressed size it is given is zero)."""
 
 
 def use_fast_zlib() -> str:
