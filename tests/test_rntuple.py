@@ -68,6 +68,7 @@ def inputs(tmp_path_factory) -> dict[str, Path]:
         "nano_met_record": rf.write_rntuple(d / "nano_met.root", "Events", [met_record(c) for c in nano]),
         "delphes_tree": rf.write_root(d / "delphes_tree.root", "Delphes", delphes, naming="dotted"),
         "delphes": rf.write_rntuple(d / "delphes.root", "Delphes", delphes),
+        "delphes_flat": rf.write_rntuple(d / "delphes_flat.root", "Delphes", [flat_fields(c) for c in delphes]),
     }
 
 
@@ -97,7 +98,8 @@ def run_cli(*args) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize("selection", ["none", "madrazo2017"])
 @pytest.mark.parametrize("tree, ntuple", [("nano_tree", "nano"), ("nano_tree", "nano_flat"),
-                                          ("nano_tree", "nano_met_record"), ("delphes_tree", "delphes")])
+                                          ("nano_tree", "nano_met_record"), ("delphes_tree", "delphes"),
+                                          ("delphes_tree", "delphes_flat")])
 def test_rntuple_converts_like_the_tree(inputs, tmp_path, tree, ntuple, selection):
     a = convert(inputs[tree], tmp_path / "tree.parquet", selection)
     b = convert(inputs[ntuple], tmp_path / "ntuple.parquet", selection)
@@ -276,6 +278,15 @@ def _optional_jet_pt(chunk):
     return chunk
 
 
+def _flat_with_short_eta(chunk):
+    """Flat fields, with one muon's eta missing: `Muon_pt` and `Muon_eta` disagree."""
+    chunk = flat_fields(chunk)
+    eta = chunk["Muon_eta"]
+    first = int(np.argmax(ak.num(eta) > 0))
+    chunk["Muon_eta"] = ak.concatenate([eta[:first], eta[first:first + 1, 1:], eta[first + 1:]])
+    return chunk
+
+
 BAD_NANO = {
     "missing_field": (_without("MET_phi"), [], "RNTuple 'Events' has no field 'MET_phi'"),
     "missing_subfield": (_without("Muon.eta"), [], "RNTuple 'Events' has no field 'Muon_eta'"),
@@ -287,6 +298,8 @@ BAD_NANO = {
     "nan": (_nan_met, ["--selection", "none"], "NaN or infinite value(s) in field 'MET_pt'"),
     "optional_met": (_optional_met, [], "field 'MET_pt' holds optional values (std::optional)"),
     "optional_jet_pt": (_optional_jet_pt, [], "field 'Jet.pt' holds optional values (std::optional)"),
+    "counts_disagree": (_flat_with_short_eta, [],
+                        "field 'Muon_pt' and field 'Muon_eta' have different numbers of entries per event"),
     "string_met": (lambda c: {**c, "MET_pt": ak.Array(["a"] * len(c["run"]))}, [],
                    "field 'MET_pt' holds <U1 values, expected numbers"),
 }
