@@ -9,6 +9,9 @@ only make inputs, with the layouts real files have as far as uproot can write th
 - Delphes-style: tree `Delphes`; leaves named like `Electron.PT` with counters `Electron_size`
   (the names real Delphes files have; uproot cannot write the TClonesArray parent branch), or,
   with `naming="underscore"`, the `nElectron` / `Electron_PT` layout uproot writes by default.
+- RNTuple (`write_rntuple`): the same branch dicts as an RNTuple, collections as fields holding a
+  list of records per event (`Muon.pt`, CMS's RNTuple NanoAOD layout), optionally with ROOT's page
+  checksums.
 - 2017-study JSON: an object keyed by event number, each event with electron / muon / jet
   lists and met, met_phi, run, lumi, ... (see ../shared/reference/SEEDS.md, section 1).
 
@@ -17,6 +20,7 @@ A collection is given as an awkward jagged record array; flat branches as numpy 
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from pathlib import Path
@@ -25,6 +29,7 @@ from typing import Iterable, Iterator
 import awkward as ak
 import numpy as np
 import uproot
+import xxhash
 
 MUON_MASS_GEV = 0.1056584
 
@@ -203,3 +208,54 @@ def corrupt(data: bytes, rng: np.random.Generator) -> tuple[str, bytes]:
         new = rng.bytes(length) if how == "overwrite" else bytes(length)
         b[start:start + length] = new[:len(b[start:start + length])]
     return f"{how} {length} bytes at {start}", bytes(b)
+
+
+def write_rntuple(path: str | Path, name: str, chunks: Iterable[dict], *, compression=None,
+                  page_checksums: bool = False) -> Path:
+    """Write branch dicts (one `extend`, so one cluster, per chunk) into a new RNTuple.
+
+    A collection becomes one field holding a list of records per event (`Muon` with subfields
+    `pt`, `eta`, ...), the layout of CMS's RNTuple NanoAOD output (and, for Delphes collections,
+    fields `Electron.PT`, ... named as Delphes's leaves); flat arrays become top-level fields
+    (`MET_pt`, `run`). compression: an uproot compression (default uproot's, ZLIB level 1).
+    page_checksums: follow every page with its xxHash3-64, flagged in the page list, as ROOT
+    writes pages (uproot writes none).
+    """
+    path = Path(path)
+    options = {} if compression is None else {"compression": compression}
+    with uproot.recreate(path, **options) as out:
+        ntuple = None
+        for chunk in chunks:
+            data = ak.zip(dict(chunk), depth_limit=1)
+            if ntuple is None:
+                ntuple = out.mkrntuple(name, data.layout.form)
+            with _page_checksums(page_checksums):
+                ntuple.extend(data)
+    return path
+
+
+@contextlib.contextmanager
+def _page_checksums(enabled: bool) -> Iterator[None]:
+    """While extending an RNTuple: each page's bytes followed by their xxHash3-64 (little endian,
+    outside the page's locator) and a negative element count in the page list, ROOT's convention.
+    Patches uproot's RNTuple writer (uproot 5.7), which has no such option."""
+    if not enabled:
+        yield
+        return
+    cascade = uproot.writing._cascadentuple
+    add_rblob, serialize = cascade.NTuple.add_rblob, cascade.NTuple_PageDescription.serialize
+
+    def add_checksummed(self, sink, raw_data, uncompressed_bytes):
+        raw = bytes(raw_data)
+        return add_rblob(self, sink, raw + xxhash.xxh3_64_intdigest(raw).to_bytes(8, "little"),
+                         uncompressed_bytes)
+
+    def serialize_flagged(self):
+        return b"".join([cascade._rntuple_page_num_elements_format.pack(-self.num_entries),
+                         self.locator.serialize()])
+
+    cascade.NTuple.add_rblob, cascade.NTuple_PageDescription.serialize = add_checksummed, serialize_flagged
+    try:
+        yield
+    finally:
+        cascade.NTuple.add_rblob, cascade.NTuple_PageDescription.serialize = add_rblob, serialize
