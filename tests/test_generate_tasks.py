@@ -18,7 +18,7 @@ from engine.data.canonical import parquet_io, parts
 from engine.data.canonical.selection import load_selection
 from engine.data.generation import runner
 from engine.data.generation.detector import DetectorConfig
-from engine.data.generation.generate import GenerateJob
+from engine.data.generation.generate import GenerateJob, task_seeds
 from engine.data.tasks import ClusterConfig, ExecutorSpec, TaskSlice
 from engine.errors import InputError
 
@@ -50,6 +50,7 @@ def test_the_dataset_lists_every_part_with_its_seed_and_events(reference, tmp_pa
     assert doc["complete"] and doc["tasks"] == 3 and doc["events"] == EVENTS
     assert [p["name"] for p in doc["parts"]] == [parts.part_name(i) for i in range(3)]
     assert [p["accepted"] for p in doc["parts"]] == [4, 4, 4] and doc["settings"]["seed"] == SEED
+    assert [p["pythia_seed"] for p in doc["parts"]] == [task_seeds(SEED, i)[0] for i in range(3)]
     assert doc["accepted"] == EVENTS and doc["generated"] >= EVENTS and doc["cross_section_pb"] > 0
     table = pq.read_table(tmp_path / "dy")
     assert sorted(set(table.column("lumi").to_pylist())) == [1, 2, 3]      # lumi = task + 1

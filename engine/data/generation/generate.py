@@ -265,7 +265,7 @@ def run_task(job: GenerateJob, task: int, quota: int, part_path: Path, provenanc
         generated += used
         accepted += len(rows)
     info = pythia.infoPython()
-    counts = {"task": task, "generated": generated, "accepted": accepted,
+    counts = {"task": task, "pythia_seed": pythia_seed, "generated": generated, "accepted": accepted,
               "pythia_tried": int(info.nTried()), "sigma_pb": info.sigmaGen() * 1e9,
               "sigma_err_pb": info.sigmaErr() * 1e9}
     with ParquetSink(part_path, process.kind, [process.name], {**provenance, **counts}) as sink:

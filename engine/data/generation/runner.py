@@ -111,7 +111,8 @@ def _part_counts(path: Path, settings: dict, task: int, quota: int) -> dict | No
                                f"use another --out")
     if prov.get("task") != task or prov.get("accepted") != quota or pf.metadata.num_rows != quota:
         return None
-    return {k: prov[k] for k in ("generated", "accepted", "pythia_tried", "sigma_pb", "sigma_err_pb")}
+    return {k: prov[k] for k in ("pythia_seed", "generated", "accepted", "pythia_tried", "sigma_pb",
+                                 "sigma_err_pb")}
 
 
 def _difference(found, wanted: dict) -> str:
