@@ -68,20 +68,23 @@ def location(path: str | Path | URL) -> Path | URL:
     return Path(path[len("file://"):] if path.lower().startswith("file://") else path)
 
 
-_FILESYSTEMS: dict[tuple[int, str], object] = {}
+_FILESYSTEMS: dict[tuple, object] = {}
+_ENDPOINT_VARIABLES = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3")
 
 
 def filesystem(url: URL):
-    """(fsspec filesystem, its path) of a URL; one filesystem per protocol and host per process
-    (a forked DataLoader worker makes its own: the parent's connections do not survive a fork)."""
+    """(fsspec filesystem, its path) of a URL; one filesystem per protocol, host and endpoint
+    variables per process (a forked DataLoader worker makes its own: the parent's connections do
+    not survive a fork)."""
     import fsspec
     for key, value in _XRD_DEFAULTS.items():
         os.environ.setdefault(key, value)
     scheme, rest = url.url.split("://", 1)
-    key = (os.getpid(), f"{scheme}://{rest.partition('/')[0]}")
+    key = (os.getpid(), f"{scheme}://{rest.partition('/')[0]}",
+           *(os.environ.get(name) for name in _ENDPOINT_VARIABLES))
     try:
         if key not in _FILESYSTEMS:
-            _FILESYSTEMS[key] = fsspec.core.url_to_fs(url.url)[0]
+            _FILESYSTEMS[key] = fsspec.core.url_to_fs(url.url, skip_instance_cache=True)[0]
         fs = _FILESYSTEMS[key]
         return fs, fs._strip_protocol(url.url)
     except (ImportError, ValueError) as exc:

@@ -39,7 +39,7 @@ def locate_split(url: remote.URL, split: str | None, default: str) -> tuple[remo
                                      "not shards (run `python -m engine shard` again)")
     if remote.exists(url / MANIFEST):
         return url, split or default
-    if url.parent != url and remote.exists(url.parent / MANIFEST):
+    if url.parent != url and remote.exists(url.parent / MANIFEST) and remote.exists(url):
         if split not in (None, url.name):
             raise InputError(url, f"is the '{url.name}' split, not '{split}'")
         return url.parent, url.name
