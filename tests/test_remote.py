@@ -1,4 +1,4 @@
-"""Shards behind a URL, read from real servers on loopback (XRootD, S3): the same batches as from
+"""Shards behind a URL, read from real servers on loopback (XRootD, S3, HTTP): the same batches as from
 the local folder, resume, inspect, the checks a remote split gets, one-line errors."""
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from engine.data import remote, shards
 from engine.data.loader import LoaderConfig, make_loader
 from engine.errors import InputError
 from tests.events import synthetic_shards
-from tests.servers import S3_ENV, free_port, s3_server, upload, xrootd_server
+from tests.servers import S3_ENV, free_port, http_server, s3_server, upload, xrootd_server
 
 BATCH = 64
 
@@ -40,10 +40,18 @@ def s3(local):
         yield endpoint
 
 
-@pytest.fixture(params=["root", "s3"])
+@pytest.fixture(scope="module")
+def http(local):
+    with http_server(local.parent) as base:
+        yield base
+
+
+@pytest.fixture(params=["root", "s3", "http"])
 def url(request, local):
     if request.param == "root":
         return request.getfixturevalue("xrootd").url(local)
+    if request.param == "http":
+        return request.getfixturevalue("http") + "/" + local.name
     request.getfixturevalue("s3")
     return "s3://engine/shards"
 
@@ -176,13 +184,15 @@ def _cli_subprocess(*argv, env):
                           timeout=120, env=env)
 
 
-@pytest.mark.parametrize("scheme", ["s3", "root"])
+@pytest.mark.parametrize("scheme", ["s3", "root", "http"])
 def test_a_server_that_is_down_is_one_line_exit_2(scheme, monkeypatch):
     port = free_port()
     env = {**dict(__import__("os").environ), **S3_ENV, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
     if scheme == "root":
         pytest.importorskip("fsspec_xrootd")
         url = f"root://127.0.0.1:{port}//data/shards"
+    elif scheme == "http":
+        url = f"http://127.0.0.1:{port}/shards"
     else:
         pytest.importorskip("s3fs")
         url = "s3://engine/shards"
