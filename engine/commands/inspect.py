@@ -7,24 +7,27 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
-from engine.errors import EXIT_BAD_INPUT
+from engine.errors import EXIT_BAD_INPUT, InputError
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("path", help="a Parquet file, a folder of Parquet files, or a shard folder")
+    parser.add_argument("path", help="a Parquet file, a folder of Parquet files, or a shard folder "
+                                         "(local, or a URL: s3://, root://, https://)")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
 
 
 def run(args) -> int:
-    path = Path(args.path)
+    from engine.data.remote import URL, location
+    path = location(args.path)
     problems = []
     from engine.data.shards import is_shard_path
     if is_shard_path(path):
         from engine.data.shards.inspect import format_inspection, inspect_shards
         summary = inspect_shards(path)
         text, problems = format_inspection(summary), summary["problems"]
+    elif isinstance(path, URL):
+        raise InputError(path, "no shard folder here (only shard folders are read from a URL)")
     else:
         from engine.data.canonical.summary import format_summary, summarize
         summary = summarize(path)

@@ -157,9 +157,10 @@ def _check_loader_repeats_train(loader: dict, cfg: TrainConfig, copies: set[str]
 def check_paths(cfg: TrainConfig) -> None:
     """Fail early on a shard folder that is not there, or that is one split of a shard folder
     (training reads the train and val splits of the root)."""
+    from engine.data.remote import location
     from engine.data.shards import locate_split
     root, split = locate_split(cfg.data.shards)
-    if root != Path(cfg.data.shards):
+    if root != location(cfg.data.shards):
         raise InputError("data.shards", f"{cfg.data.shards} is the '{split}' split of {root}: give the shard "
                                         "root (training reads its train and val splits)")
 
@@ -176,7 +177,7 @@ def check_inputs(cfg: TrainConfig) -> dict:
     a preset drawing this kind of image. Returns the manifest; InputErrors name the YAML key."""
     from engine.data.shards import load_manifest
     check_paths(cfg)
-    manifest = load_manifest(Path(cfg.data.shards))
+    manifest = load_manifest(cfg.data.shards)
     names, kind = manifest["class_names"], manifest["kind"]
     if cfg.data.signal is not None and cfg.data.signal not in names:
         raise InputError("data.signal", f"{cfg.data.signal!r} is not among the classes of {cfg.data.shards}"

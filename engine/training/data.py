@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from pathlib import Path
 
 from engine.training.config import TrainConfig
 
@@ -13,8 +12,9 @@ def make_loaders(cfg: TrainConfig, rank: int, world: int):
     are read). `data.train_fraction` keeps a fixed subset of the training events (the first
     fraction of the globally shuffled split), the same in every epoch."""
     from engine.data.loader import make_loader
+    from engine.data.remote import location
     from engine.data.shards import load_manifest
-    root = Path(cfg.data.shards)
+    root = location(cfg.data.shards)
     loader_cfg = cfg.loader
     if cfg.data.train_fraction < 1.0:
         total = load_manifest(root)["splits"]["train"]["events"]

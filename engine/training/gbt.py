@@ -60,7 +60,7 @@ def train_gbt(cfg) -> dict:
     if finished is not None:
         print(f"gbt: {cfg.output_dir} is finished with this config; nothing to do")
         return finished
-    manifest = load_manifest(Path(cfg.data.shards))
+    manifest = load_manifest(cfg.data.shards)
     train_loader, val_loader = make_loaders(cfg, 0, 1)
     x, y = collect(train_loader)      # already limited to data.train_fraction of the events
     options = {"max_iter": 300, "learning_rate": 0.1, "early_stopping": True, **cfg.model.options}

@@ -38,6 +38,11 @@ class LoaderConfig:
     prefetch_factor: int = 4                      # batches in flight per worker
     dali_blocks_per_run: int = 4                  # DALI: blocks (tar members) per pipeline run
     dali_initial_fill: int = 32                   # DALI: reader shuffle buffer, in blocks
+    prefetch_blocks: int = 4                      # shards behind a URL: blocks fetched ahead, in
+    # threads of each worker (0 = each block when needed); the order of events never changes
+    cache_dir: str = ""                           # shards behind a URL: a local folder keeping the
+    # fetched blocks (shared safely by workers and ranks); "" = no cache
+    cache_gb: float = 10.0                        # bound of cache_dir, least recently used evicted
 
     def __post_init__(self):
         if self.backend not in ("torch", "dali"):
@@ -46,8 +51,10 @@ class LoaderConfig:
                      "dali_initial_fill"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
-        if self.workers < 0 or self.object_cap < 0 or self.max_events < 0:
-            raise ValueError("workers, object_cap and max_events must be >= 0")
+        if self.workers < 0 or self.object_cap < 0 or self.max_events < 0 or self.prefetch_blocks < 0:
+            raise ValueError("workers, object_cap, max_events and prefetch_blocks must be >= 0")
+        if not self.cache_gb > 0:
+            raise ValueError(f"cache_gb must be > 0, got {self.cache_gb}")
 
     def cap_for(self, kind: str) -> int:
         default = objects.DEFAULT_CAP if kind == "events" else objects.DEFAULT_CONSTITUENT_CAP
@@ -65,6 +72,10 @@ class BlockReader:
         self.events = np.concatenate([s.events for s in data.shards] or [np.zeros(0, np.int64)])
         self.shards, self.n_classes = data.shards, data.n_classes
         self._files: dict[int, object] = {}
+
+    def schedule(self, blocks: list[int]) -> None:
+        """The blocks about to be loaded, in order: a local split reads each when asked (the page
+        cache reads ahead); engine.data.loader.remote_blocks prefetches them."""
 
     def load(self, block_id: int) -> encoding.Block:
         shard = self.shards[self.shard_of[block_id]]

@@ -17,6 +17,7 @@ event of the readable shards (plus the counted repeats), like the torch backend.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Iterator
 
 import numpy as np
@@ -34,6 +35,9 @@ class DaliLoader(StreamLoader):
     """Same public API as the torch backend (see engine.data.loader)."""
 
     def __init__(self, data: SplitData, cfg: LoaderConfig, rank: int, world_size: int):
+        if not isinstance(data.root, Path):
+            raise InputError(data.root, "DALI's reader reads local shards only: use "
+                                        "`loader.backend: torch` for shards behind a URL")
         if cfg.max_events:
             raise InputError("loader.max_events", "a subset of the split needs the torch backend "
                                                   "(DALI's reader shards by whole samples)")

@@ -1,4 +1,5 @@
-"""The torch backend (`loader.backend: torch`): DataLoader workers read the blocks with pread.
+"""The torch backend (`loader.backend: torch`): DataLoader workers read the blocks with pread
+(or, behind a URL, with ranged requests: engine.data.loader.remote_blocks).
 
 With workers, the DataLoader and its processes persist across epochs; each worker hands its
 batches over through a reused shared-memory ring (engine.data.loader.batching.SharedRing).
@@ -12,6 +13,7 @@ import torch
 from engine.data.loader.base import Batch, BlockReader, LoaderConfig, StreamLoader
 from engine.data.loader.batching import SharedRing, window_batches
 from engine.data.loader.plan import RankPlan, rank_plan, stream_segments, worker_share
+from engine.data.loader.remote_blocks import block_reader
 from engine.data.shards import encoding
 from engine.data.shards.reader import SplitData
 from engine.errors import InputError
@@ -26,7 +28,7 @@ class TorchLoader(StreamLoader):
 
     def __init__(self, data: SplitData, cfg: LoaderConfig, rank: int, world_size: int):
         super().__init__(data, cfg, rank, world_size)
-        self.reader = BlockReader(data)
+        self.reader = block_reader(data, cfg)
         self.stream = _EpochStream(self)
         self._loader = None
 
@@ -83,8 +85,9 @@ class _EpochStream(torch.utils.data.IterableDataset):
         worker = ((info.id if info else 0) + skip) % workers
         first, count, _ = worker_share(plan, worker, workers)
         ring = None if info is None else self.rings[info.id]
-        segments = ((_Load(self.reader, block), lo, hi)
-                    for block, lo, hi in stream_segments(plan, first, count))
+        pieces = stream_segments(plan, first, count)
+        self.reader.schedule([block for block, _, _ in pieces])
+        segments = ((_Load(self.reader, block), lo, hi) for block, lo, hi in pieces)
         batches = window_batches(segments, count, self.kind, self.cap, self.cfg,
                                  [self.cfg.seed, epoch, self.rank, worker],
                                  len(range(worker, skip, workers)), ring)

@@ -13,15 +13,16 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.data import shards
+from engine.data import remote, shards
 from engine.data.loader import LoaderConfig, make_loader
 
 
 def inspect_shards(path: str | Path, batch_size: int = 65_536) -> dict:
     """Read `path` (a shard root or one split folder) fully; see module docstring."""
+    path = remote.location(path)
     root, split = shards.locate_split(path)
     manifest = shards.load_manifest(root)
-    names = list(manifest["splits"]) if (Path(path) / shards.MANIFEST).is_file() else [split]
+    names = list(manifest["splits"]) if root == path else [split]
     report = {"path": str(root), "kind": manifest["kind"], "class_names": manifest["class_names"],
               "events_manifest": manifest["events"], "bytes": manifest["bytes"],
               "bytes_per_event": manifest["bytes"] / manifest["events"] if manifest["events"] else None,
@@ -34,7 +35,7 @@ def inspect_shards(path: str | Path, batch_size: int = 65_536) -> dict:
     return report
 
 
-def _inspect_split(root: Path, name: str, manifest: dict, batch_size: int) -> dict:
+def _inspect_split(root: Path | remote.URL, name: str, manifest: dict, batch_size: int) -> dict:
     cfg = LoaderConfig(batch_size=batch_size, shuffle=False, skip_bad=True)
     with warnings.catch_warnings():                      # skipped shards are reported below
         warnings.simplefilter("ignore")

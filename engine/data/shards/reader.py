@@ -13,11 +13,13 @@ import os
 import tarfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
+from engine.data import remote
 from engine.data.canonical import schema
 from engine.data.shards import encoding
 from engine.data.shards.manifest import (IDENTITY_COLUMNS, MANIFEST, MEMBER_EXT, SHARD_FORMAT,
@@ -29,19 +31,20 @@ from engine.errors import InputError
 class ShardInfo:
     """One readable shard: its tar members (arrays of length n_members)."""
     name: str
-    path: Path
+    path: Path | remote.URL
     offsets: np.ndarray         # int64 data offset of each member in the tar
     sizes: np.ndarray           # int64 bytes of each member
     events: np.ndarray          # int64 events in each member
     first_index: np.ndarray     # int64 split-wide index of each member's first event
     events_per_class: list[int]
     members: list[str] = field(default_factory=list)     # member names, from the index
+    version: str = ""           # remote shards: size, ETag or mtime, and the manifest's digest
 
 
 @dataclass
 class SplitData:
     """A split of a shard folder: the shards that passed the checks and those skipped."""
-    root: Path
+    root: Path | remote.URL
     split: str
     manifest: dict
     shards: list[ShardInfo]
@@ -67,6 +70,8 @@ class SplitData:
 def is_shard_path(path: str | Path) -> bool:
     """Whether `path` is meant as shards: a shard root or a split folder of one, a folder of tars
     (that lost its manifest), or the unfinished output of a killed `shard` run."""
+    if remote.is_url(path):
+        return _remote().is_shard_url(remote.location(path))
     path = Path(path)
     return path.is_dir() and ((path / MANIFEST).is_file() or (path.parent / MANIFEST).is_file()
                               or any(TEMPORARY.fullmatch(p.name) for p in (path, path.parent))
@@ -76,6 +81,8 @@ def is_shard_path(path: str | Path) -> bool:
 def locate_split(path: str | Path, split: str | None = None, default: str = "train") -> tuple[Path, str]:
     """(shard root, split name) of a shard root (+ `split`, else `default`) or of one split folder
     (whose own name `split`, if given, must be); InputError for anything else, naming the fix."""
+    if remote.is_url(path):
+        return _remote().locate_split(remote.location(path), split, default)
     path = Path(path)
     for folder in (path, path.parent):
         if TEMPORARY.fullmatch(folder.name) and folder.is_dir():
@@ -108,7 +115,8 @@ def load_manifest(path: str | Path) -> dict:
     root, _ = locate_split(path)
     source = root / MANIFEST
     try:
-        manifest = json.loads(source.read_text())
+        manifest = json.loads(remote.read(source) if isinstance(source, remote.URL)
+                              else source.read_text())
     except (OSError, ValueError) as exc:
         raise InputError(source, f"unreadable manifest ({exc.__class__.__name__})") from None
     if not isinstance(manifest, dict) or manifest.get("format") != SHARD_FORMAT:
@@ -128,17 +136,24 @@ def open_split(path: str | Path, split: str | None = None, skip_bad: bool = Fals
     Every shard's size, index, tar headers and block headers are checked. With `skip_bad`, every
     member is also decoded and checked (payload CRC, labels, events per class), so that a shard
     with a bad block is skipped whole before the epoch is planned, identically on every rank.
+    A split behind a URL is checked without a request per member: sizes from one listing of
+    the split folder and each index against the manifest at open, the tar and block headers of a
+    member when it is read (engine.data.shards.remote_split).
     """
     root, split = locate_split(path, split)
     manifest = load_manifest(root)
     if split not in manifest["splits"]:
         raise InputError(root, f"no split '{split}' (has {', '.join(manifest['splits'])})")
+    if isinstance(root, remote.URL):
+        check, verify = _remote().checks(root / split, manifest)
+    else:
+        check, verify = partial(check_shard, root / split), verify_shard
     shards, skipped, first = [], [], 0
     for entry in manifest["splits"][split]["shards"]:
         try:
-            info = check_shard(root / split, entry, manifest["kind"], first)
+            info = check(entry, manifest["kind"], first)
             if skip_bad:
-                verify_shard(info, len(manifest["class_names"]))
+                verify(info, len(manifest["class_names"]))
             shards.append(info)
         except InputError as exc:
             if not skip_bad:
@@ -175,12 +190,18 @@ def check_shard(folder: Path, entry: dict, kind: str, first_index: int) -> Shard
 def verify_shard(info: ShardInfo, n_classes: int) -> None:
     """Decode every member of a checked shard; InputError naming the member of the first bad one,
     or the shard if its labels disagree with the manifest's events per class."""
-    per_class = np.zeros(n_classes, np.int64)
     with _readable(info.path) as f:
-        for j in range(len(info.offsets)):
-            block = decode_member(os.pread(f.fileno(), int(info.sizes[j]), int(info.offsets[j])),
-                                  info, j, n_classes)
-            per_class += np.bincount(block.columns["labels"], minlength=n_classes)
+        count_classes(info, n_classes,
+                      lambda j: os.pread(f.fileno(), int(info.sizes[j]), int(info.offsets[j])))
+
+
+def count_classes(info: ShardInfo, n_classes: int, member) -> None:
+    """Decode every member (`member(j)`: its bytes) and compare the labels with the manifest's
+    events per class; InputError naming the shard (or the member of a bad block)."""
+    per_class = np.zeros(n_classes, np.int64)
+    for j in range(len(info.offsets)):
+        block = decode_member(member(j), info, j, n_classes)
+        per_class += np.bincount(block.columns["labels"], minlength=n_classes)
     if per_class.tolist() != list(info.events_per_class):
         raise InputError(info.path, f"events per class {per_class.tolist()}, the manifest says "
                                     f"{list(info.events_per_class)}")
@@ -219,7 +240,15 @@ def read_index(idx: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
     if not idx.is_file():
         raise InputError(idx, "index file is missing (re-run `shard`, or DALI's wds2idx)")
     try:
-        lines = idx.read_text().splitlines()
+        return parse_index(idx, idx.read_text())
+    except OSError as exc:
+        raise InputError(idx, f"unreadable ({exc.strerror or exc.__class__.__name__})") from None
+
+
+def parse_index(idx: Path | remote.URL, text: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """`read_index` of the text of index file `idx`."""
+    try:
+        lines = text.splitlines()
         version, count = lines[0].split()
         rows = [line.split() for line in lines[1:] if line.strip()]
         if (version != "v1.2" or int(count) != len(rows)
@@ -228,8 +257,6 @@ def read_index(idx: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
         offsets = np.array([int(r[1]) for r in rows], np.int64)
         sizes = np.array([int(r[2]) for r in rows], np.int64)
         return offsets, sizes, [r[3] for r in rows]
-    except OSError as exc:
-        raise InputError(idx, f"unreadable ({exc.strerror or exc.__class__.__name__})") from None
     except (ValueError, IndexError, OverflowError):
         raise InputError(idx, "not a valid index file (expected DALI wds2idx v1.2)") from None
 
@@ -246,6 +273,12 @@ def _check_member(fd: int, offset: int, size: int, name: str, kind: str, events:
     if offset < tarfile.BLOCKSIZE or size < 0 or offset + size > file_bytes:
         return "index points outside the tar"
     raw = os.pread(fd, tarfile.BLOCKSIZE + encoding.HEADER.size, offset - tarfile.BLOCKSIZE)
+    return check_headers(raw, name, size, kind, events, first)
+
+
+def check_headers(raw: bytes, name: str, size: int, kind: str, events: int, first: int) -> str | None:
+    """The problem with a member's tar header and block header (`raw`: the 512-byte tar header,
+    then at least the block header), or None."""
     header, head = raw[:tarfile.BLOCKSIZE], raw[tarfile.BLOCKSIZE:]
     if header[:100].rstrip(b"\0").decode(errors="replace") != name:
         return "tar header does not match the index"
@@ -260,11 +293,17 @@ def _check_member(fd: int, offset: int, size: int, name: str, kind: str, events:
     return None
 
 
+def _remote():
+    """The remote half of the reader (it builds on this module's dataclasses and checks)."""
+    from engine.data.shards import remote_split
+    return remote_split
+
+
 def read_identity(root: str | Path, split: str) -> dict[str, np.ndarray] | None:
     """index, run, lumi, event ((E,) int64 each, sorted by index) of a split's events, from the
     split's identity.parquet; None for shards written before splits carried one."""
     import pyarrow.parquet as pq
-    root = Path(root)
+    root = remote.location(root)
     entry = load_manifest(root)["splits"].get(split)
     if entry is None:
         raise InputError(root, f"no split '{split}'")
@@ -272,7 +311,8 @@ def read_identity(root: str | Path, split: str) -> dict[str, np.ndarray] | None:
         return None
     path = root / split / entry["identity"]
     try:
-        table = pq.read_table(path, columns=["index", *IDENTITY_COLUMNS])
+        source = pa.BufferReader(remote.read(path)) if isinstance(path, remote.URL) else path
+        table = pq.read_table(source, columns=["index", *IDENTITY_COLUMNS])
     except (OSError, pa.ArrowException) as exc:
         raise InputError(path, f"unreadable event identity ({exc.__class__.__name__})") from None
     ids = {c: table.column(c).to_numpy(zero_copy_only=False).astype(np.int64) for c in table.column_names}

@@ -1,0 +1,123 @@
+"""Real storage servers on loopback for the tests: XRootD (Debian's xrootd-server) and S3 (moto in
+server mode). Each serves a folder of this machine; a test that needs a server whose binary or
+package is absent is skipped, naming what to install (CI installs both: .ci/run, setup.py)."""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+          "AWS_SESSION_TOKEN": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, seconds: float = 20.0) -> None:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on port {port} after {seconds} s")
+
+
+def world_readable(folder: Path) -> None:
+    """Let the XRootD server (which runs as `nobody`) read everything under `folder`."""
+    for path in [folder, *folder.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    for parent in folder.parents:           # pytest's tmp folders are private (0700)
+        if parent == Path("/"):
+            break
+        parent.chmod(parent.stat().st_mode | 0o005)
+
+
+class XRootD:
+    """An xrootd server exporting folder `export` on a free port of 127.0.0.1."""
+
+    def __init__(self, export: Path):
+        self.export, self.port = export, free_port()
+        self.work = Path(tempfile.mkdtemp(prefix="xrootd-"))
+        cfg = self.work / "xrootd.cfg"
+        cfg.write_text(f"xrd.port {self.port}\nall.export {export}\n"
+                       f"all.adminpath {self.work}\nall.pidpath {self.work}\n")
+        world_readable(self.work)
+        self.work.chmod(0o777)
+        command = ["xrootd", "-p", str(self.port), "-n", "engine-tests", "-c", str(cfg),
+                   "-l", str(self.work / "xrootd.log")]
+        if os.geteuid() == 0:                  # xrootd refuses to run as root
+            command[1:1] = ["-R", "nobody"]
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait_for_port(self.port)
+        except RuntimeError:
+            self.stop()
+            raise
+
+    def url(self, path: Path) -> str:
+        return f"root://127.0.0.1:{self.port}/{path}"
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        shutil.rmtree(self.work, ignore_errors=True)
+
+
+@contextmanager
+def xrootd_server(export: Path):
+    if shutil.which("xrootd") is None:
+        pytest.skip("needs the xrootd server binary (apt-get install xrootd-server)")
+    pytest.importorskip("fsspec_xrootd", reason="needs fsspec-xrootd (pip install -e '.[dev]')")
+    world_readable(export)
+    server = XRootD(export)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@contextmanager
+def s3_server():
+    """moto's S3 server on a free port; yields its endpoint URL, set (with dummy credentials) in
+    the environment while it runs, so every s3:// URL of the test reaches it."""
+    moto_server = pytest.importorskip("moto.server", reason="needs moto[server] (pip install -e '.[dev]')")
+    pytest.importorskip("s3fs", reason="needs s3fs")
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)        # a line per request otherwise
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{server._port}"
+    with pytest.MonkeyPatch.context() as env:
+        for key, value in {**S3_ENV, "AWS_ENDPOINT_URL": endpoint}.items():
+            env.setenv(key, value)
+        try:
+            yield endpoint
+        finally:
+            server.stop()
+
+
+def upload(folder: Path, url: str) -> str:
+    """Copy local folder `folder` to S3 URL `url` (bucket made if needed); returns `url`."""
+    import s3fs
+    fs = s3fs.S3FileSystem(skip_instance_cache=True)
+    bucket = url.removeprefix("s3://").partition("/")[0]
+    if not fs.exists(bucket):
+        fs.mkdir(bucket)
+    fs.put(str(folder), url.removeprefix("s3://"), recursive=True)
+    return url
