@@ -203,3 +203,23 @@ def corrupt(data: bytes, rng: np.random.Generator) -> tuple[str, bytes]:
         new = rng.bytes(length) if how == "overwrite" else bytes(length)
         b[start:start + length] = new[:len(b[start:start + length])]
     return f"{how} {length} bytes at {start}", bytes(b)
+
+
+def write_rntuple(path: str | Path, name: str, chunks: Iterable[dict], *, compression=None) -> Path:
+    """Write branch dicts (one `extend`, so one cluster, per chunk) into a new RNTuple.
+
+    A collection becomes one field holding a list of records per event (`Muon` with subfields
+    `pt`, `eta`, ...), the layout of CMS's RNTuple NanoAOD output (and, for Delphes collections,
+    fields `Electron.PT`, ... named as Delphes's leaves); flat arrays become top-level fields
+    (`MET_pt`, `run`). compression: an uproot compression (default uproot's, ZLIB level 1).
+    """
+    path = Path(path)
+    options = {} if compression is None else {"compression": compression}
+    with uproot.recreate(path, **options) as out:
+        ntuple = None
+        for chunk in chunks:
+            data = ak.zip(dict(chunk), depth_limit=1)
+            if ntuple is None:
+                ntuple = out.mkrntuple(name, data.layout.form)
+            ntuple.extend(data)
+    return path

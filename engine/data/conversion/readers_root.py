@@ -1,8 +1,10 @@
-"""NanoAOD-style and Delphes ROOT trees -> awkward event records, one chunk at a time.
+"""NanoAOD-style and Delphes ROOT trees (TTree or RNTuple) -> awkward event records, one chunk at a time.
 
-Readers are columnar: `tree.iterate` reads only the branches listed below, `step_size` events
-at a time, so memory stays bounded whatever the file size; every operation after that is an
-awkward / numpy array operation (no Python loop over events).
+Readers are columnar: they read only the branches listed below, `step_size` events at a time, so
+memory stays bounded whatever the file size; every operation after that is an awkward / numpy
+array operation (no Python loop over events). An RNTuple of the same name is read like the tree,
+its fields standing for the branches (`Muon.pt` for `Muon_pt`; see root_sources), with the same
+checks and messages, saying "field" where a tree's say "branch".
 
 Each chunk is an awkward record array with the fields `engine.data.canonical.schema.events_table` reads
 (weight, run, lumi, event, met_pt, met_phi, electrons, muons, jets) plus, on every object, a
@@ -39,6 +41,7 @@ import numpy as np
 import uproot
 
 from engine.data.conversion.jagged import first_per_event, jagged_record, list_parts
+from engine.data.conversion.root_sources import RNTUPLE_CLASSES, NTupleSource, TreeSource
 from engine.errors import InputError
 
 NANOAOD_TREE = "Events"
@@ -150,12 +153,12 @@ def _read_tree(root, tree_name: str, path: Path):
 
 
 def tree_names(root, path: str | Path) -> list[str]:
-    """Names (without cycle) of the TTrees at the top of an open ROOT file."""
+    """Names (without cycle) of the TTrees and RNTuples at the top of an open ROOT file."""
     try:
         classes = root.classnames(recursive=False)
     except READ_ERRORS as exc:
         raise InputError(path, f"unreadable ROOT directory, truncated? ({_first_line(exc)})") from None
-    return sorted({k.split(";")[0] for k, c in classes.items() if c in ("TTree", "TNtuple")})
+    return sorted({k.split(";")[0] for k, c in classes.items() if c in ("TTree", "TNtuple", *RNTUPLE_CLASSES)})
 
 
 def _first_line(exc: BaseException) -> str:
@@ -163,33 +166,25 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
-def check_not_truncated(tree, branches: list[str], path: Path) -> None:
-    """InputError if a basket of one of `branches` lies beyond the end of the file."""
-    size = path.stat().st_size
-    for name in branches:
-        branch = tree[name]
-        n = int(branch.member("fWriteBasket"))
-        ends = np.asarray(branch.member("fBasketSeek")[:n], np.int64) + \
-            np.asarray(branch.member("fBasketBytes")[:n], np.int64)
-        if n and ends.max() > size:
-            raise InputError(path, f"truncated file: branch '{name}' needs byte {int(ends.max()):,} "
-                                   f"but the file has {size:,} bytes")
+def source_of(tree, path: Path) -> TreeSource | NTupleSource:
+    """The branches of a TTree or the fields of an RNTuple, behind one interface."""
+    return NTupleSource(tree, path) if tree.classname in RNTUPLE_CLASSES else TreeSource(tree, path)
 
 
-def require_finite(path: Path, flat: dict[str, np.ndarray]) -> None:
-    """InputError naming the first floating-point branch holding NaN or inf."""
+def require_finite(source: TreeSource | NTupleSource, flat: dict[str, np.ndarray]) -> None:
+    """InputError naming the first floating-point branch (or field) holding NaN or inf."""
     for name, values in flat.items():
         if values.dtype.kind == "f" and not np.isfinite(values).all():
             bad = int((~np.isfinite(values)).sum())
-            raise InputError(path, f"{bad} NaN or infinite value(s) in branch '{name}'")
+            raise InputError(source.path, f"{bad} NaN or infinite value(s) in {source.describe(name)}")
 
 
 class Chunk:
     """One chunk of branches as flat numpy arrays, with the offsets of the jagged ones."""
 
-    def __init__(self, path: Path, arrays: dict[str, ak.Array], per_event: set[str]):
+    def __init__(self, source: TreeSource | NTupleSource, arrays: dict[str, ak.Array], per_event: set[str]):
         """`per_event`: the branches that must hold one number per event; the others a list."""
-        self.path = path
+        self.path, self.describe = source.path, source.describe
         self.flat: dict[str, np.ndarray] = {}
         self.offsets: dict[str, np.ndarray] = {}
         for name, array in arrays.items():
@@ -203,21 +198,21 @@ class Chunk:
         self.n = len(next(iter(arrays.values())))
 
     def _check_layout(self, name: str, array: ak.Array, per_event: bool) -> None:
+        what = self.describe(name)
         if per_event and array.ndim != 1:
-            raise InputError(self.path, f"branch '{name}' must hold one number per event, "
-                                        f"found a list per event")
+            raise InputError(self.path, f"{what} must hold one number per event, found a list per event")
         if not per_event and array.ndim == 1:
-            raise InputError(self.path, f"branch '{name}' must hold a list per event (one entry per "
+            raise InputError(self.path, f"{what} must hold a list per event (one entry per "
                                         f"object), found one number per event")
         if array.ndim > 2:
-            raise InputError(self.path, f"branch '{name}' holds nested lists, expected "
+            raise InputError(self.path, f"{what} holds nested lists, expected "
                                         f"{'numbers' if per_event else 'a list of numbers'} per event")
 
     def _check_dtype(self, name: str, dtype: np.dtype) -> None:
         if dtype.kind not in "biuf":
-            raise InputError(self.path, f"branch '{name}' holds {dtype} values, expected numbers")
+            raise InputError(self.path, f"{self.describe(name)} holds {dtype} values, expected numbers")
         if name in BITMASK_BRANCHES and dtype.kind not in "biu":
-            raise InputError(self.path, f"branch '{name}' holds {dtype} values, "
+            raise InputError(self.path, f"{self.describe(name)} holds {dtype} values, "
                                         f"expected integers (a bit mask)")
 
     def __contains__(self, name: str) -> bool:
@@ -232,13 +227,13 @@ class Chunk:
         offsets = self.offsets[names[0]]
         for name in names[1:]:
             if not np.array_equal(self.offsets[name], offsets):
-                raise InputError(self.path, f"branches '{names[0]}' and '{name}' have different "
-                                            f"numbers of entries per event")
+                raise InputError(self.path, f"{self.describe(names[0])} and {self.describe(name)} have "
+                                            f"different numbers of entries per event")
         return offsets, {field: self.flat[branch] for field, branch in fields.items()}
 
 
 class RootReader:
-    """Shared part of the ROOT readers: open, check branches, iterate chunks of arrays."""
+    """Shared part of the ROOT readers: open, check branches (or fields), iterate chunks of arrays."""
 
     format = ""
     tree_name = ""
@@ -247,15 +242,19 @@ class RootReader:
         self.path = Path(path)
         self.step_size = step_size
         use_fast_zlib()
-        self._root, self.tree = open_tree(self.path, self.tree_name)
+        self._root, tree = open_tree(self.path, self.tree_name)
         try:
-            self.keys = set(self.tree.keys(recursive=True, full_paths=False))
+            self.source = source_of(tree, self.path)
+            self.keys = self.source.keys
             self.branches = self._resolve()
-            check_not_truncated(self.tree, self.branches, self.path)
-            self.num_events = int(self.tree.num_entries)
+            problem = self.source.check_not_truncated(self.branches)
+            if problem:
+                raise InputError(self.path, problem)
+            self.num_events = self.source.num_entries
         except READ_ERRORS as exc:
             self.close()
-            raise InputError(self.path, f"unreadable tree '{self.tree_name}', truncated or corrupt? "
+            kind = "RNTuple" if tree.classname in RNTUPLE_CLASSES else "tree"
+            raise InputError(self.path, f"unreadable {kind} '{self.tree_name}', truncated or corrupt? "
                                         f"({_first_line(exc)})") from None
         except InputError:
             self.close()
@@ -271,30 +270,33 @@ class RootReader:
     def _missing(self, wanted: list[str]) -> None:
         missing = [name for name in wanted if name not in self.keys]
         if missing:
-            raise InputError(self.path, f"tree '{self.tree_name}' has no branch "
+            raise InputError(self.path, f"{self._container()} has no {self.source.noun} "
                                         f"{', '.join(repr(m) for m in missing)}")
+
+    def _container(self) -> str:
+        """"tree 'Events'" or "RNTuple 'Events'"."""
+        return f"{self.source.kind} '{self.tree_name}'"
 
     def chunks(self) -> Iterator[ak.Array]:
         """Event records of up to `step_size` events each, in file order."""
-        arrays = self.tree.iterate(self.branches, step_size=self.step_size, library="ak",
-                                   how=dict, report=True)
+        arrays = self.source.chunks(self.branches, self.step_size)
         while True:
             try:
-                chunk, report = next(arrays)
+                chunk, entry_start = next(arrays)
             except StopIteration:
                 return
             except READ_ERRORS as exc:
                 raise InputError(self.path, f"cannot read the data, truncated or corrupt? "
                                             f"({_first_line(exc)})") from None
-            chunk = Chunk(self.path, chunk, self._per_event())
-            require_finite(self.path, chunk.flat)
-            yield self._events(chunk, report.tree_entry_start)
+            chunk = Chunk(self.source, chunk, self._per_event())
+            require_finite(self.source, chunk.flat)
+            yield self._events(chunk, entry_start)
 
     def _events(self, chunk: Chunk, entry_start: int) -> ak.Array:
         raise NotImplementedError
 
     def provenance(self) -> dict:
-        return {"tree": self.tree_name, "branches": sorted(self.branches)}
+        return self.source.provenance(self.branches)
 
     def close(self) -> None:
         self._root.file.close()
@@ -314,7 +316,7 @@ class NanoAODReader(RootReader):
         self._missing(list(NANOAOD_REQUIRED))
         found = [b for b in BTAG_MEDIUM_WP if b in self.keys]
         if not found:
-            raise InputError(self.path, f"tree '{self.tree_name}' has no b-tag branch "
+            raise InputError(self.path, f"{self._container()} has no b-tag {self.source.noun} "
                                         f"(looked for {', '.join(BTAG_MEDIUM_WP)})")
         self.btag_branch, self.btag_wp = found[0], BTAG_MEDIUM_WP[found[0]]
         self.optional = [b for b in NANOAOD_OPTIONAL if b in self.keys]
@@ -351,7 +353,8 @@ class NanoAODReader(RootReader):
         return jagged_record(offsets, {**fields, "btag": btag, "btagged": btag > self.btag_wp, "good": good})
 
     def provenance(self) -> dict:
-        return {**super().provenance(), "btag_branch": self.btag_branch, "btag_medium_wp": self.btag_wp,
+        return {**super().provenance(), "btag_branch": self.source.column(self.btag_branch),
+                "btag_medium_wp": self.btag_wp,
                 "lepton_id": "Muon_tightId, Electron_cutBased>=4; relative isolation < 0.10",
                 "jet_id": "Jet_jetId bit 1 (tight)"}
 
