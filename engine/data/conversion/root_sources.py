@@ -28,6 +28,8 @@ from typing import Iterator
 import awkward as ak
 import numpy as np
 
+from engine.data.conversion.locations import size as input_size
+
 RNTUPLE_CLASSES = ("ROOT::RNTuple", "ROOT::Experimental::RNTuple")
 """uproot's class names of an RNTuple anchor (the second before RNTuple's first stable version)."""
 
@@ -51,7 +53,7 @@ class TreeSource:
 
     def check_not_truncated(self, names: list[str]) -> str | None:
         """The problem if a basket of one of `names` lies beyond the end of the file, else None."""
-        size = self.path.stat().st_size
+        size = input_size(self.path)
         for name in names:
             branch = self.tree[name]
             n = int(branch.member("fWriteBasket"))
@@ -93,7 +95,7 @@ class NTupleSource:
     def check_not_truncated(self, names: list[str]) -> str | None:
         """The problem if a page of one of `names` (or of the collections holding it) lies beyond
         the end of the file, else None."""
-        size = self.path.stat().st_size
+        size = input_size(self.path)
         for name in names:
             ids = {f.field_id for f in _with_ancestors(self.ntuple[self.paths[name]], self.ntuple)}
             indices = [i for i, c in enumerate(self.ntuple.column_records) if c.field_id in ids]
