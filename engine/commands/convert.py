@@ -26,7 +26,7 @@ from engine.errors import EXIT_BAD_INPUT
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="*", metavar="INPUT",
                         help="ROOT or JSON event files: local paths or URLs (root://, s3://, https://)")
-    parser.add_argument("--files-from", action="append", default=[], metavar="LIST",
+    parser.add_argument("--files-from", action="append", metavar="LIST",
                         help="also convert the inputs listed in LIST, one path or URL a line (blank "
                              "lines and # comments skipped; relative paths are relative to LIST's folder)")
     parser.add_argument("--out", required=True, metavar="DIR", help="folder for the Parquet files")
@@ -47,7 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     executor, part = executor_spec(args), task_slice(args)
     selection = load_selection(args.selection)
-    inputs = inputs_of(args.inputs, args.files_from)
+    inputs = inputs_of(args.inputs, args.files_from or [])
     jobs = plan_jobs(inputs, args.out, args.label, args.format, selection, args.step_size)
     try:
         outcome = convert_all(jobs, args.out, executor, skip_bad=args.skip_bad, part=part, progress=None)

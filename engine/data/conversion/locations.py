@@ -108,6 +108,7 @@ def _check_local(path: Path) -> None:
 
 def _info(url: URL) -> dict:
     fs, path = remote.filesystem(url)
+    fs.invalidate_cache(path)               # a size listed earlier in this process may be stale
     try:
         info = fs.info(path)
     except Exception as exc:  # noqa: BLE001 - each storage client raises its own types

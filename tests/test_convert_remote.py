@@ -1,0 +1,245 @@
+"""`python -m engine convert` on inputs behind URLs, read from real servers on loopback (XRootD and
+S3, tests/servers.py): the same bytes as from the local disk, `--files-from` lists, resume from the
+server's sizes, and one line (exit 2) for a missing file or a server that is down."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from engine.__main__ import main
+from engine.data.conversion import locations
+from engine.data.remote import URL
+from engine.errors import InputError
+from tests import rootfiles as rf
+from tests.servers import S3_ENV, s3_server, upload, xrootd_server
+
+REPO = Path(__file__).resolve().parents[1]
+BUCKET = "s3://convert/data"
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    """A folder of small inputs: NanoAOD, Delphes and JSON, and some bad ones."""
+    d = tmp_path_factory.mktemp("remote-inputs") / "data"
+    d.mkdir()
+    rf.write_root(d / "nano.root", "Events", [rf.nanoaod_branches(400, seed=1)])
+    rf.write_root(d / "other.root", "Events", [rf.nanoaod_branches(300, seed=2, first_event=1000)])
+    rf.write_root(d / "delphes.root", "Delphes", [rf.delphes_branches(200, seed=3)], naming="dotted")
+    rf.write_json(d / "study.json", rf.json_events(150, seed=4))
+    data = (d / "nano.root").read_bytes()
+    (d / "truncated.root").write_bytes(data[:len(data) // 2])
+    (d / "text.root").write_text("not a ROOT file at all\n")
+    (d / "folder.root").mkdir()
+    (d / "folder.root" / "inside").write_text("x")
+    return d
+
+
+@pytest.fixture(scope="module")
+def xrootd(data):
+    with xrootd_server(data) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def s3(data):
+    with s3_server() as endpoint:
+        upload(data, BUCKET)
+        yield endpoint
+
+
+def url_of(data: Path, scheme: str, name: str, request) -> str:
+    if scheme == "root":
+        return request.getfixturevalue("xrootd").url(data / name)
+    request.getfixturevalue("s3")
+    return f"{BUCKET}/{name}"
+
+
+def convert(*args, out: Path, label: str = "ttbar") -> int:
+    return main(["convert", *map(str, args), "--out", str(out), "--label", label])
+
+
+def error_lines(capsys) -> list[str]:
+    return [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+
+
+@pytest.mark.parametrize("scheme", ["root", "s3"])
+@pytest.mark.parametrize("name", ["nano.root", "delphes.root", "study.json"])
+def test_a_url_gives_the_bytes_of_the_local_file(data, scheme, name, request, tmp_path, capsys):
+    """Provenance names the input by its file name and size, so the outputs are equal byte for byte."""
+    url = url_of(data, scheme, name, request)
+    assert convert(data / name, "--step-size", "64", out=tmp_path / "local") == 0
+    assert convert(url, "--step-size", "64", out=tmp_path / "remote") == 0
+    stem = Path(name).stem
+    local, far = (tmp_path / d / f"{stem}.parquet" for d in ("local", "remote"))
+    assert local.read_bytes() == far.read_bytes()
+    record = json.loads((tmp_path / "remote" / "convert.json").read_text())
+    assert [r["input"] for r in record["converted"]] == [url]
+    assert f"{url}: " in capsys.readouterr().out
+
+
+def test_files_from_a_mixed_list(data, xrootd, s3, tmp_path, capsys):
+    """Comments and blank lines skipped, a relative path taken from the list's folder, the order kept."""
+    here = tmp_path / "lists"
+    here.mkdir()
+    shutil.copy(data / "delphes.root", here / "delphes.root")
+    listing = here / "inputs.txt"
+    entries = [xrootd.url(data / "nano.root"), f"{BUCKET}/other.root", "delphes.root",
+               str(data / "study.json")]
+    listing.write_text(f"# inputs\n\n{entries[0]}\n  {entries[1]}  \n#{entries[2]}\n{entries[2]}\n\n"
+                       f"{entries[3]}\n")
+    assert convert("--files-from", listing, out=tmp_path / "out", label="mix") == 0
+    record = json.loads((tmp_path / "out" / "convert.json").read_text())
+    assert [r["input"] for r in record["converted"]] == [entries[0], entries[1], str(here / "delphes.root"),
+                                                         entries[3]]
+    assert [r["format"] for r in record["converted"]] == ["nanoaod", "nanoaod", "delphes", "json"]
+    assert "converted 4 of 4 input(s)" in capsys.readouterr().out
+
+
+def test_files_from_with_inputs_and_a_list_behind_a_url(data, s3, tmp_path):
+    """Inputs on the command line come first; a listed relative name is relative to the list's URL."""
+    shutil.copy(data / "other.root", tmp_path / "other.root")
+    listing = tmp_path / "remote.txt"
+    listing.write_text("nano.root\n# study.json\nstudy.json\n")
+    put(listing, f"{BUCKET}/lists/remote.txt")
+    put(data / "nano.root", f"{BUCKET}/lists/nano.root")
+    put(data / "study.json", f"{BUCKET}/lists/study.json")
+    assert convert(tmp_path / "other.root", "--files-from", f"{BUCKET}/lists/remote.txt",
+                   out=tmp_path / "out") == 0
+    record = json.loads((tmp_path / "out" / "convert.json").read_text())
+    assert [r["input"] for r in record["converted"]] == [str(tmp_path / "other.root"),
+                                                         f"{BUCKET}/lists/nano.root",
+                                                         f"{BUCKET}/lists/study.json"]
+
+
+def put(local: Path, url: str) -> None:
+    """Write one file to an S3 URL (replacing what is there)."""
+    import s3fs
+    s3fs.S3FileSystem(skip_instance_cache=True).put_file(str(local), url.removeprefix("s3://"))
+
+
+@pytest.mark.parametrize("text,words", [("# nothing\n\n", "lists no input"), (None, "no such file"),
+                                        (b"\xff\xfe\x00bin", "not a text file")])
+def test_a_bad_list_is_one_line(tmp_path, capsys, text, words):
+    listing = tmp_path / "list.txt"
+    if isinstance(text, str):
+        listing.write_text(text)
+    elif text is not None:
+        listing.write_bytes(text)
+    assert convert("--files-from", listing, out=tmp_path / "out") == 2
+    assert error_lines(capsys) == [f"error: {listing}: {words}" + error_tail(words)]
+    assert not (tmp_path / "out").exists()
+
+
+def error_tail(words: str) -> str:
+    return {"lists no input": " (one path or URL a line)",
+            "not a text file": " (a list of input paths or URLs, one a line)"}.get(words, "")
+
+
+def test_no_input_at_all_is_one_line(tmp_path, capsys):
+    assert convert(out=tmp_path / "out") == 2
+    assert error_lines(capsys) == ["error: INPUT: none given: name files or URLs, or --files-from LIST"]
+
+
+@pytest.mark.parametrize("scheme", ["root", "s3"])
+@pytest.mark.parametrize("name,words", [
+    ("missing.root", "no such file"),
+    ("folder.root", "is a folder, not a file"),
+    ("truncated.root", "truncated"),
+    ("text.root", "neither a ROOT file nor JSON"),
+])
+def test_a_bad_url_is_one_line_naming_it(data, scheme, name, words, request, tmp_path, capsys):
+    url = url_of(data, scheme, name, request)
+    assert convert(url, data / "nano.root", out=tmp_path / "out") == 2
+    lines = error_lines(capsys)
+    assert len(lines) == 1 and lines[0].startswith(f"error: {url}: ") and words in lines[0]
+    assert not (tmp_path / "out").exists()          # checked before anything is converted
+
+
+def test_a_missing_url_is_exactly_no_such_file(data, xrootd, tmp_path, capsys):
+    url = xrootd.url(data / "missing.root")
+    assert url.startswith("root://127.0.0.1:")
+    assert convert(url, out=tmp_path / "out") == 2
+    assert error_lines(capsys) == [f"error: {url}: no such file"]
+
+
+@pytest.mark.parametrize("scheme", ["root", "s3"])
+def test_skip_bad_converts_the_others_and_reports_the_missing_url(data, scheme, request, tmp_path, capsys):
+    missing = url_of(data, scheme, "missing.root", request)
+    good = url_of(data, scheme, "nano.root", request)
+    assert convert(good, missing, data / "other.root", "--skip-bad", out=tmp_path / "out") == 0
+    out, err = capsys.readouterr()
+    assert "converted 2 of 3 input(s)" in out
+    lines = err.strip().splitlines()
+    assert lines[-2:] == [f"error: {missing}: no such file", "skipped 1 bad input(s)"]
+    record = json.loads((tmp_path / "out" / "convert.json").read_text())
+    assert [r["input"] for r in record["converted"]] == [good, str(data / "other.root")]
+    assert record["failed"] == [{"input": missing, "problem": "no such file"}]
+
+
+def test_rerun_skips_by_the_servers_size_and_refuses_a_changed_file(data, s3, tmp_path, capsys):
+    """Resume compares the input's name and byte size, asked of the server."""
+    url, out = f"{BUCKET}/resume/events.root", tmp_path / "out"
+    put(data / "nano.root", url)
+    assert convert(url, out=out) == 0
+    written = (out / "events.parquet").read_bytes()
+    capsys.readouterr()
+    assert convert(url, out=out) == 0
+    assert "converted 0 of 1 input(s), 1 skipped as already converted" in capsys.readouterr().out
+    put(data / "other.root", url)           # same name, another size
+    assert convert(url, out=out) == 2
+    sizes = f"{(data / 'nano.root').stat().st_size} -> {(data / 'other.root').stat().st_size}"
+    assert error_lines(capsys) == [f"error: {out / 'events.parquet'}: written with other settings "
+                                   f"(input_bytes {sizes}): use another --out or remove it"]
+    assert (out / "events.parquet").read_bytes() == written
+
+
+def test_a_url_and_a_local_file_of_the_same_stem_are_refused(data, xrootd, tmp_path, capsys):
+    url = xrootd.url(data / "nano.root")
+    assert convert(data / "nano.root", url, out=tmp_path / "out") == 2
+    lines = error_lines(capsys)
+    assert len(lines) == 1 and lines[0].startswith(f"error: {url}: would write the same output as ")
+
+
+def test_remote_inputs_are_tasks_of_a_worker_pool(data, xrootd, s3, tmp_path):
+    urls = [xrootd.url(data / "nano.root"), f"{BUCKET}/other.root", xrootd.url(data / "study.json")]
+    assert convert(*urls, "--workers", "2", out=tmp_path / "pool") == 0
+    assert convert(*urls, out=tmp_path / "one") == 0
+    for stem in ("nano", "other", "study"):
+        assert (tmp_path / "pool" / f"{stem}.parquet").read_bytes() == \
+            (tmp_path / "one" / f"{stem}.parquet").read_bytes()
+
+
+def test_names_and_sizes_of_urls(data, xrootd):
+    url = URL(xrootd.url(data / "nano.root"))
+    assert locations.input_name(url) == "nano.root" and locations.input_stem(url) == "nano"
+    assert locations.input_stem(URL("https://host/a/run2012.root?download=1#x")) == "run2012"
+    assert locations.size(url) == (data / "nano.root").stat().st_size
+    assert locations.head(url, 4) == b"root"
+    with pytest.raises(InputError, match="no such file"):
+        locations.size(URL(xrootd.url(data / "nope.json")))
+
+
+@pytest.mark.parametrize("scheme", ["root", "s3"])
+def test_a_stopped_server_is_one_line_exit_2(data, scheme, tmp_path):
+    """In a fresh process, as a user meets it: the XRootD client gives up after its short retries."""
+    env = {**os.environ, "XRD_CONNECTIONRETRY": "1", "XRD_CONNECTIONWINDOW": "1", "XRD_REQUESTTIMEOUT": "5"}
+    if scheme == "root":
+        with xrootd_server(data) as server:
+            url = server.url(data / "nano.root")
+    else:
+        with s3_server() as endpoint:
+            upload(data, BUCKET)
+        env.update({**S3_ENV, "AWS_ENDPOINT_URL": endpoint, "AWS_MAX_ATTEMPTS": "1"})
+        url = f"{BUCKET}/nano.root"
+    proc = subprocess.run([sys.executable, "-m", "engine", "convert", url, "--out", str(tmp_path / "out"),
+                           "--label", "ttbar"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {url}: cannot read from the server (")
+    assert "Traceback" not in proc.stderr and not (tmp_path / "out").exists()
