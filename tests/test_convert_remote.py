@@ -1,13 +1,19 @@
 """`python -m engine convert` on inputs behind URLs, read from real servers on loopback (XRootD and
-S3, tests/servers.py): the same bytes as from the local disk, `--files-from` lists, resume from the
-server's sizes, and one line (exit 2) for a missing file or a server that is down."""
+S3 from tests/servers.py, and an HTTP server answering range requests): the same bytes as from the
+local disk, `--files-from` lists, resume from the server's sizes, and one line (exit 2) for a
+missing file or a server that is down."""
 from __future__ import annotations
 
+import functools
+import http.server
+import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -53,7 +59,40 @@ def s3(data):
         yield endpoint
 
 
+class RangeHandler(http.server.SimpleHTTPRequestHandler):
+    """Serves files with `Range: bytes=a-b` requests answered 206, as web servers of data do."""
+
+    def log_message(self, *args):
+        pass
+
+    def send_head(self):
+        match = re.fullmatch(r"bytes=(\d+)-(\d*)", self.headers.get("Range", ""))
+        path = Path(self.translate_path(self.path))
+        if not match or not path.is_file():
+            return super().send_head()
+        data = path.read_bytes()
+        start, end = int(match[1]), min(int(match[2]) + 1 if match[2] else len(data), len(data))
+        self.send_response(206)
+        self.send_header("Content-Range", f"bytes {start}-{end - 1}/{len(data)}")
+        self.send_header("Content-Length", str(end - start))
+        self.end_headers()
+        return io.BytesIO(data[start:end])
+
+
+@pytest.fixture(scope="module")
+def web(data):
+    """An HTTP server of `data` on loopback; yields its base URL."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(RangeHandler, directory=data))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+    thread.join()
+
+
 def url_of(data: Path, scheme: str, name: str, request) -> str:
+    if scheme == "http":
+        return f"{request.getfixturevalue('web')}/{name}"
     if scheme == "root":
         return request.getfixturevalue("xrootd").url(data / name)
     request.getfixturevalue("s3")
@@ -68,7 +107,7 @@ def error_lines(capsys) -> list[str]:
     return [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
 
 
-@pytest.mark.parametrize("scheme", ["root", "s3"])
+@pytest.mark.parametrize("scheme", ["root", "s3", "http"])
 @pytest.mark.parametrize("name", ["nano.root", "delphes.root", "study.json"])
 def test_a_url_gives_the_bytes_of_the_local_file(data, scheme, name, request, tmp_path, capsys):
     """Provenance names the input by its file name and size, so the outputs are equal byte for byte."""
@@ -161,9 +200,10 @@ def test_a_bad_url_is_one_line_naming_it(data, scheme, name, words, request, tmp
     assert not (tmp_path / "out").exists()          # checked before anything is converted
 
 
-def test_a_missing_url_is_exactly_no_such_file(data, xrootd, tmp_path, capsys):
-    url = xrootd.url(data / "missing.root")
-    assert url.startswith("root://127.0.0.1:")
+@pytest.mark.parametrize("scheme", ["root", "s3", "http"])
+def test_a_missing_url_is_exactly_no_such_file(data, scheme, request, tmp_path, capsys):
+    url = url_of(data, scheme, "missing.root", request)
+    assert url.startswith(("root://127.0.0.1:", "s3://", "http://127.0.0.1:"))
     assert convert(url, out=tmp_path / "out") == 2
     assert error_lines(capsys) == [f"error: {url}: no such file"]
 
