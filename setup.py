@@ -25,6 +25,11 @@ INSTALL_REQUIRES = [
     # Scale-out: the executors of engine.data.tasks (a Dask cluster; HTCondor/Slurm via jobqueue).
     "distributed>=2024.8",
     "dask-jobqueue>=0.9",
+    # Shards behind a URL (engine.data.remote): S3, XRootD (root://), HTTP(S) through fsspec.
+    "fsspec>=2024.6",
+    "s3fs>=2024.6",
+    "fsspec-xrootd>=0.5",
+    "aiohttp>=3.9",
 ]
 
 setup(
@@ -35,5 +40,7 @@ setup(
     package_data={"kernels": ["*.cu", "*.cuh", "*.h", "*.cpp"], "engine": ["py.typed"]},
     python_requires=">=3.10",
     install_requires=INSTALL_REQUIRES,
-    extras_require={"dev": ["pytest>=8", "pytest-timeout>=2.3", "ruff>=0.6"]},
+    extras_require={"dev": ["pytest>=8", "pytest-timeout>=2.3", "ruff>=0.6",
+                            # an S3 server for the tests (tests/servers.py)
+                            "moto[server]>=5.0"]},
 )

@@ -8,6 +8,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from contextlib import contextmanager
@@ -94,22 +95,32 @@ def xrootd_server(export: Path):
 
 
 @contextmanager
-def s3_server():
-    """moto's S3 server on a free port; yields its endpoint URL, set (with dummy credentials) in
-    the environment while it runs, so every s3:// URL of the test reaches it."""
+def s3_server(process: bool = False):
+    """moto's S3 server on a free port (in a thread, or its own process with `process`); yields
+    its endpoint URL, set (with dummy credentials) in the environment while it runs, so every
+    s3:// URL of the test reaches it."""
     moto_server = pytest.importorskip("moto.server", reason="needs moto[server] (pip install -e '.[dev]')")
     pytest.importorskip("s3fs", reason="needs s3fs")
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)        # a line per request otherwise
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{server._port}"
+    port = free_port()
+    if process:
+        server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for_port(port)
+    else:
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)    # a line per request otherwise
+        server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+        server.start()
     with pytest.MonkeyPatch.context() as env:
-        for key, value in {**S3_ENV, "AWS_ENDPOINT_URL": endpoint}.items():
+        for key, value in {**S3_ENV, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}.items():
             env.setenv(key, value)
         try:
-            yield endpoint
+            yield f"http://127.0.0.1:{port}"
         finally:
-            server.stop()
+            if process:
+                server.terminate()
+                server.wait()
+            else:
+                server.stop()
 
 
 def upload(folder: Path, url: str) -> str:

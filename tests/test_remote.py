@@ -197,3 +197,26 @@ def test_a_file_url_is_a_local_path(local):
     assert not remote.is_url(f"file://{local}") and remote.is_url("s3://b/x")
     assert str(remote.URL("root://host//data/x/") / "train") == "root://host//data/x/train"
     assert remote.URL("s3://bucket/a/b").parent == remote.URL("s3://bucket/a")
+
+
+@pytest.mark.slow
+def test_train_and_evaluate_on_s3_as_on_the_local_folder(local, s3, tmp_path):
+    from engine.train import train
+    from engine.training.config import check_inputs, load_config
+    from tests.events import reset_accelerate
+    metrics, evaluated = [], []
+    for name, where in (("local", str(local)), ("s3", "s3://engine/shards")):
+        cfg = load_config(None, [f"data.shards={where}", "data.signal=ttbar", "train.batch_size=64",
+                                 "model.name=deepsets", "train.epochs=1", "train.lr=0.003",
+                                 f"output_dir={tmp_path / name}"])
+        check_inputs(cfg)
+        metrics.append(train(cfg))
+        reset_accelerate()
+        assert main(["evaluate", "--checkpoint", str(tmp_path / name), "--shards", where,
+                     "--out", str(tmp_path / f"eval-{name}")]) == 0
+        evaluated.append(json.loads((tmp_path / f"eval-{name}" / "metrics.json").read_text()))
+    assert metrics[0] == metrics[1] and metrics[0]
+    for m in evaluated:
+        for key in ("checkpoint", "shards", "train_seconds"):
+            m.pop(key, None)
+    assert evaluated[0] == evaluated[1] and evaluated[0]["events"] == 180

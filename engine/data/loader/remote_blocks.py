@@ -48,6 +48,7 @@ class RemoteBlockReader(BlockReader):
         for future in self._futures.values():
             future.cancel()
         self._order, self._next, self._futures = list(blocks), 0, {}
+        self._submit(range(min(self.depth, len(self._order))))   # while the first window is made
 
     def load(self, block_id: int) -> encoding.Block:
         try:

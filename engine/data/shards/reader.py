@@ -5,6 +5,9 @@ the indices, decode members, read the event identity.
 index, tar headers and block headers against it; with `skip_bad` it also decodes every member
 (CRC, labels within the classes, events per class) and skips a bad shard whole. `decode_member`
 applies the same block checks wherever a block is read later.
+
+A split behind a URL (s3://, root://, https://) is read through engine.data.shards.remote_split,
+which checks at open only what costs no request per member (see there); local paths keep pread.
 """
 from __future__ import annotations
 
@@ -12,7 +15,6 @@ import json
 import os
 import tarfile
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
@@ -21,57 +23,22 @@ import pyarrow as pa
 
 from engine.data import remote
 from engine.data.canonical import schema
-from engine.data.shards import encoding
-from engine.data.shards.manifest import (IDENTITY_COLUMNS, MANIFEST, MEMBER_EXT, SHARD_FORMAT,
+from engine.data.shards import encoding, remote_split
+from engine.data.shards.manifest import (IDENTITY_COLUMNS, MANIFEST, SHARD_FORMAT,
                                          SHARD_FORMAT_VERSION, TEMPORARY, validate_manifest)
+from engine.data.shards.members import (ShardInfo, SplitData, check_headers, count_classes,
+                                        decode_member, parse_index)
+
+__all__ = ["ShardInfo", "SplitData", "check_shard", "decode_member", "is_shard_path", "load_manifest",
+           "locate_split", "open_split", "read_identity", "read_index", "verify_shard"]
 from engine.errors import InputError
-
-
-@dataclass
-class ShardInfo:
-    """One readable shard: its tar members (arrays of length n_members)."""
-    name: str
-    path: Path | remote.URL
-    offsets: np.ndarray         # int64 data offset of each member in the tar
-    sizes: np.ndarray           # int64 bytes of each member
-    events: np.ndarray          # int64 events in each member
-    first_index: np.ndarray     # int64 split-wide index of each member's first event
-    events_per_class: list[int]
-    members: list[str] = field(default_factory=list)     # member names, from the index
-    version: str = ""           # remote shards: size, ETag or mtime, and the manifest's digest
-
-
-@dataclass
-class SplitData:
-    """A split of a shard folder: the shards that passed the checks and those skipped."""
-    root: Path | remote.URL
-    split: str
-    manifest: dict
-    shards: list[ShardInfo]
-    skipped: list[dict]         # {"name", "path", "reason", "events"}
-
-    @property
-    def kind(self) -> str:
-        return self.manifest["kind"]
-
-    @property
-    def n_classes(self) -> int:
-        return len(self.manifest["class_names"])
-
-    @property
-    def events_manifest(self) -> int:
-        return int(self.manifest["splits"][self.split]["events"])
-
-    @property
-    def events_readable(self) -> int:
-        return int(sum(s.events.sum() for s in self.shards))
 
 
 def is_shard_path(path: str | Path) -> bool:
     """Whether `path` is meant as shards: a shard root or a split folder of one, a folder of tars
     (that lost its manifest), or the unfinished output of a killed `shard` run."""
     if remote.is_url(path):
-        return _remote().is_shard_url(remote.location(path))
+        return remote_split.is_shard_url(remote.location(path))
     path = Path(path)
     return path.is_dir() and ((path / MANIFEST).is_file() or (path.parent / MANIFEST).is_file()
                               or any(TEMPORARY.fullmatch(p.name) for p in (path, path.parent))
@@ -82,7 +49,7 @@ def locate_split(path: str | Path, split: str | None = None, default: str = "tra
     """(shard root, split name) of a shard root (+ `split`, else `default`) or of one split folder
     (whose own name `split`, if given, must be); InputError for anything else, naming the fix."""
     if remote.is_url(path):
-        return _remote().locate_split(remote.location(path), split, default)
+        return remote_split.locate_split(remote.location(path), split, default)
     path = Path(path)
     for folder in (path, path.parent):
         if TEMPORARY.fullmatch(folder.name) and folder.is_dir():
@@ -145,7 +112,7 @@ def open_split(path: str | Path, split: str | None = None, skip_bad: bool = Fals
     if split not in manifest["splits"]:
         raise InputError(root, f"no split '{split}' (has {', '.join(manifest['splits'])})")
     if isinstance(root, remote.URL):
-        check, verify = _remote().checks(root / split, manifest)
+        check, verify = remote_split.checks(root / split, manifest)
     else:
         check, verify = partial(check_shard, root / split), verify_shard
     shards, skipped, first = [], [], 0
@@ -195,18 +162,6 @@ def verify_shard(info: ShardInfo, n_classes: int) -> None:
                       lambda j: os.pread(f.fileno(), int(info.sizes[j]), int(info.offsets[j])))
 
 
-def count_classes(info: ShardInfo, n_classes: int, member) -> None:
-    """Decode every member (`member(j)`: its bytes) and compare the labels with the manifest's
-    events per class; InputError naming the shard (or the member of a bad block)."""
-    per_class = np.zeros(n_classes, np.int64)
-    for j in range(len(info.offsets)):
-        block = decode_member(member(j), info, j, n_classes)
-        per_class += np.bincount(block.columns["labels"], minlength=n_classes)
-    if per_class.tolist() != list(info.events_per_class):
-        raise InputError(info.path, f"events per class {per_class.tolist()}, the manifest says "
-                                    f"{list(info.events_per_class)}")
-
-
 @contextmanager
 def _readable(path: Path):
     """The file opened for reading; an OSError (permissions, I/O) becomes an InputError naming it."""
@@ -217,55 +172,14 @@ def _readable(path: Path):
         raise InputError(path, f"unreadable ({exc.strerror or exc.__class__.__name__})") from None
 
 
-def decode_member(data: bytes, info: ShardInfo, j: int, n_classes: int) -> encoding.Block:
-    """Decode the bytes of member j of a checked shard and check them against the manifest
-    (events, first index, labels in 0..n_classes-1); InputError naming the shard and member."""
-    try:
-        if len(data) != info.sizes[j]:
-            raise encoding.BlockError("member cut short (truncated shard)")
-        block = encoding.decode(data)
-        labels = block.columns["labels"]
-        if block.n_events != info.events[j] or block.first_index != info.first_index[j]:
-            raise encoding.BlockError("block is not where the manifest says")
-        if len(labels) and int(labels.max()) >= n_classes:
-            raise encoding.BlockError(f"label {int(labels.max())} outside the manifest's "
-                                      f"{n_classes} classes")
-    except encoding.BlockError as exc:
-        raise InputError(info.path, f"member {info.members[j]}: {exc}") from None
-    return block
-
-
 def read_index(idx: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Offsets, sizes and member names from a DALI wds2idx index file (one 'blk' component)."""
     if not idx.is_file():
         raise InputError(idx, "index file is missing (re-run `shard`, or DALI's wds2idx)")
     try:
-        return parse_index(idx, idx.read_text())
+        return parse_index(idx, idx.read_bytes())
     except OSError as exc:
         raise InputError(idx, f"unreadable ({exc.strerror or exc.__class__.__name__})") from None
-
-
-def parse_index(idx: Path | remote.URL, text: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """`read_index` of the text of index file `idx`."""
-    try:
-        lines = text.splitlines()
-        version, count = lines[0].split()
-        rows = [line.split() for line in lines[1:] if line.strip()]
-        if (version != "v1.2" or int(count) != len(rows)
-                or any(len(r) != 4 or r[0] != MEMBER_EXT for r in rows)):
-            raise ValueError
-        offsets = np.array([int(r[1]) for r in rows], np.int64)
-        sizes = np.array([int(r[2]) for r in rows], np.int64)
-        return offsets, sizes, [r[3] for r in rows]
-    except (ValueError, IndexError, OverflowError):
-        raise InputError(idx, "not a valid index file (expected DALI wds2idx v1.2)") from None
-
-
-def _tar_size(header: bytes) -> int | None:
-    try:
-        return int(header[124:136].rstrip(b"\0 ").decode("ascii") or "0", 8)
-    except ValueError:
-        return None
 
 
 def _check_member(fd: int, offset: int, size: int, name: str, kind: str, events: int,
@@ -274,29 +188,6 @@ def _check_member(fd: int, offset: int, size: int, name: str, kind: str, events:
         return "index points outside the tar"
     raw = os.pread(fd, tarfile.BLOCKSIZE + encoding.HEADER.size, offset - tarfile.BLOCKSIZE)
     return check_headers(raw, name, size, kind, events, first)
-
-
-def check_headers(raw: bytes, name: str, size: int, kind: str, events: int, first: int) -> str | None:
-    """The problem with a member's tar header and block header (`raw`: the 512-byte tar header,
-    then at least the block header), or None."""
-    header, head = raw[:tarfile.BLOCKSIZE], raw[tarfile.BLOCKSIZE:]
-    if header[:100].rstrip(b"\0").decode(errors="replace") != name:
-        return "tar header does not match the index"
-    if _tar_size(header) != size:
-        return "tar header size does not match the index"
-    try:
-        block = encoding.read_header(head)
-    except encoding.BlockError as exc:
-        return str(exc)
-    if block.kind != kind or block.n_events != events or block.first_index != first:
-        return "block header does not match the manifest"
-    return None
-
-
-def _remote():
-    """The remote half of the reader (it builds on this module's dataclasses and checks)."""
-    from engine.data.shards import remote_split
-    return remote_split
 
 
 def read_identity(root: str | Path, split: str) -> dict[str, np.ndarray] | None:

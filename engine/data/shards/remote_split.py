@@ -21,7 +21,7 @@ import numpy as np
 
 from engine.data import remote
 from engine.data.shards.manifest import MANIFEST, TEMPORARY
-from engine.data.shards.reader import ShardInfo, check_headers, count_classes, parse_index
+from engine.data.shards.members import ShardInfo, check_headers, count_classes, parse_index
 from engine.errors import InputError
 
 
@@ -75,7 +75,7 @@ def check_shard(folder: remote.URL, entry: dict, first_index: int, files: dict[s
                               "(truncated or modified)")
     if entry["index"] not in files:
         raise InputError(idx, "index file is missing (re-run `shard`, or DALI's wds2idx)")
-    offsets, sizes, names = parse_index(idx, remote.read(idx).decode(errors="replace"))
+    offsets, sizes, names = parse_index(idx, remote.read(idx))
     events = np.asarray(entry["members"], np.int64)
     if len(offsets) != len(events):
         raise InputError(idx, f"{len(offsets)} samples, the manifest says {len(events)}")
