@@ -17,6 +17,7 @@ A collection is given as an awkward jagged record array; flat branches as numpy 
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from pathlib import Path
@@ -25,6 +26,7 @@ from typing import Iterable, Iterator
 import awkward as ak
 import numpy as np
 import uproot
+import xxhash
 
 MUON_MASS_GEV = 0.1056584
 
@@ -205,13 +207,16 @@ def corrupt(data: bytes, rng: np.random.Generator) -> tuple[str, bytes]:
     return f"{how} {length} bytes at {start}", bytes(b)
 
 
-def write_rntuple(path: str | Path, name: str, chunks: Iterable[dict], *, compression=None) -> Path:
+def write_rntuple(path: str | Path, name: str, chunks: Iterable[dict], *, compression=None,
+                  page_checksums: bool = False) -> Path:
     """Write branch dicts (one `extend`, so one cluster, per chunk) into a new RNTuple.
 
     A collection becomes one field holding a list of records per event (`Muon` with subfields
     `pt`, `eta`, ...), the layout of CMS's RNTuple NanoAOD output (and, for Delphes collections,
     fields `Electron.PT`, ... named as Delphes's leaves); flat arrays become top-level fields
     (`MET_pt`, `run`). compression: an uproot compression (default uproot's, ZLIB level 1).
+    page_checksums: follow every page with its xxHash3-64, flagged in the page list, as ROOT
+    writes pages (uproot writes none).
     """
     path = Path(path)
     options = {} if compression is None else {"compression": compression}
@@ -221,5 +226,33 @@ def write_rntuple(path: str | Path, name: str, chunks: Iterable[dict], *, compre
             data = ak.zip(dict(chunk), depth_limit=1)
             if ntuple is None:
                 ntuple = out.mkrntuple(name, data.layout.form)
-            ntuple.extend(data)
+            with _page_checksums(page_checksums):
+                ntuple.extend(data)
     return path
+
+
+@contextlib.contextmanager
+def _page_checksums(enabled: bool) -> Iterator[None]:
+    """While extending an RNTuple: each page's bytes followed by their xxHash3-64 (little endian,
+    outside the page's locator) and a negative element count in the page list, ROOT's convention.
+    Patches uproot's RNTuple writer (uproot 5.7), which has no such option."""
+    if not enabled:
+        yield
+        return
+    cascade = uproot.writing._cascadentuple
+    add_rblob, serialize = cascade.NTuple.add_rblob, cascade.NTuple_PageDescription.serialize
+
+    def add_checksummed(self, sink, raw_data, uncompressed_bytes):
+        raw = bytes(raw_data)
+        return add_rblob(self, sink, raw + xxhash.xxh3_64_intdigest(raw).to_bytes(8, "little"),
+                         uncompressed_bytes)
+
+    def serialize_flagged(self):
+        return b"".join([cascade._rntuple_page_num_elements_format.pack(-self.num_entries),
+                         self.locator.serialize()])
+
+    cascade.NTuple.add_rblob, cascade.NTuple_PageDescription.serialize = add_checksummed, serialize_flagged
+    try:
+        yield
+    finally:
+        cascade.NTuple.add_rblob, cascade.NTuple_PageDescription.serialize = add_rblob, serialize

@@ -21,7 +21,8 @@ from tests import rootfiles as rf
 from engine.data.canonical.selection import PRESETS
 from engine.data.conversion import convert as cv
 from engine.data.conversion import readers_root as rr
-from engine.data.conversion.root_sources import NTupleSource, cluster_groups, field_names, steps
+from engine.data.conversion.root_sources import (NTupleSource, cluster_groups, field_names,
+                                                 physical_columns, steps)
 from engine.errors import InputError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -148,10 +149,10 @@ def test_steps_cut_groups_into_equal_chunks():
 
 
 def test_cluster_groups():
-    assert cluster_groups([250, 250, 200], 100_000) == [(0, 700)]
-    assert cluster_groups([250, 250, 200], 500) == [(0, 500), (500, 700)]
-    assert cluster_groups([250, 250, 200], 499) == [(0, 250), (250, 700)]
-    assert cluster_groups([250, 250, 200], 1) == [(0, 250), (250, 500), (500, 700)]
+    assert cluster_groups([250, 250, 200], 100_000) == [range(0, 3)]
+    assert cluster_groups([250, 250, 200], 500) == [range(0, 2), range(2, 3)]
+    assert cluster_groups([250, 250, 200], 499) == [range(0, 1), range(1, 3)]
+    assert cluster_groups([250, 250, 200], 1) == [range(0, 1), range(1, 2), range(2, 3)]
     assert cluster_groups([], 10) == []
 
 
@@ -165,9 +166,7 @@ def test_field_names_offer_branch_names():
 def test_only_the_needed_fields_are_read(tmp_path):
     """A field the converter does not need can be damaged beyond reading: it is never read. The
     same damage to a needed field stops the conversion."""
-    chunks = [{**c, "Photon": ak.zip({"pt": np.round(c["Jet"].pt), "hoe": c["Jet"].jetId})}
-              for c in nano_chunks(seed=4)]
-    good = rf.write_rntuple(tmp_path / "good.root", "Events", chunks)
+    good = rf.write_rntuple(tmp_path / "good.root", "Events", with_photons(nano_chunks(seed=4)))
     reference = convert(good, tmp_path / "ref.parquet", "none")
     for field, converts in (("Photon.pt", True), ("Photon.hoe", True), ("Jet.jetId", False)):
         bad = tmp_path / f"bad_{field}.root"
@@ -267,6 +266,16 @@ def _nested_jet_pt(chunk):
     return chunk
 
 
+def _optional_met(chunk):
+    return {**chunk, "MET_pt": ak.Array([None, *chunk["MET_pt"][1:].tolist()])}
+
+
+def _optional_jet_pt(chunk):
+    pt = ak.mask(chunk["Jet"].pt, chunk["Jet"].pt > 0)  # every value present, the type optional
+    chunk["Jet"] = ak.with_field(chunk["Jet"], pt, "pt")
+    return chunk
+
+
 BAD_NANO = {
     "missing_field": (_without("MET_phi"), [], "RNTuple 'Events' has no field 'MET_phi'"),
     "missing_subfield": (_without("Muon.eta"), [], "RNTuple 'Events' has no field 'Muon_eta'"),
@@ -276,6 +285,10 @@ BAD_NANO = {
     "float_jet_id": (_float_jet_id, [], "field 'Jet.jetId' holds float32 values, expected integers"),
     "nested_jet_pt": (_nested_jet_pt, [], "field 'Jet.pt' holds nested lists"),
     "nan": (_nan_met, ["--selection", "none"], "NaN or infinite value(s) in field 'MET_pt'"),
+    "optional_met": (_optional_met, [], "field 'MET_pt' holds optional values (std::optional)"),
+    "optional_jet_pt": (_optional_jet_pt, [], "field 'Jet.pt' holds optional values (std::optional)"),
+    "string_met": (lambda c: {**c, "MET_pt": ak.Array(["a"] * len(c["run"]))}, [],
+                   "field 'MET_pt' holds <U1 values, expected numbers"),
 }
 
 
@@ -325,12 +338,14 @@ def test_truncated_rntuple_is_one_line_exit_2(inputs, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_page_beyond_the_end_of_the_file_names_the_field(inputs, tmp_path):
-    """The check behind the header's length: a page that lies past the file's end."""
-    data = inputs["nano"].read_bytes()
-    with uproot.open(inputs["nano"]) as f:
+@pytest.mark.parametrize("key, field", [("nano", "Muon.pt"), ("nano_flat", "Muon_pt")])
+def test_page_beyond_the_end_of_the_file_names_the_field(inputs, tmp_path, key, field):
+    """The check behind the header's length: a page that lies past the file's end, be it of a
+    subfield (`Muon.pt`) or the items of a `std::vector<float>` field (`Muon_pt`)."""
+    data = inputs[key].read_bytes()
+    with uproot.open(inputs[key]) as f:
         ntuple = f["Events"]
-        run = [i for i, c in enumerate(ntuple.column_records) if c.field_id == ntuple["run"].field_id]
+        run = physical_columns(ntuple, ntuple["run"].field_id)
         size = max(p.locator.offset + p.locator.num_bytes for c in ntuple.page_link_list
                    for i in run for p in c[i].pages)  # the file up to the last page of `run`
         cut = tmp_path / "cut.root"
@@ -338,16 +353,84 @@ def test_page_beyond_the_end_of_the_file_names_the_field(inputs, tmp_path):
         source = NTupleSource(ntuple, cut)
         assert source.check_not_truncated(["run"]) is None
         problem = source.check_not_truncated(["run", "Muon_pt", "Jet_pt"])
-    assert problem.startswith("truncated file: field 'Muon.pt' needs byte ")
+    assert problem.startswith(f"truncated file: field '{field}' needs byte ")
     assert problem.endswith(f"but the file has {size:,} bytes")
 
 
-def test_corrupt_rntuples_convert_or_stop_with_one_line(tmp_path):
-    """Seeded flips, truncations, deletions, insertions, overwrites of an RNTuple file."""
-    source = rf.write_rntuple(tmp_path / "src.root", "Events", [rf.nanoaod_branches(150, seed=21)])
+def test_physical_columns_of_a_vector_field(inputs):
+    """A `std::vector<float>` field's numbers live in its item field's column, its offsets in its own."""
+    with uproot.open(inputs["nano_flat"]) as f:
+        ntuple = f["Events"]
+        columns = physical_columns(ntuple, ntuple["Muon_pt"].field_id)
+        assert len(columns) == 2
+        assert {ntuple.column_records[i].field_id for i in columns} == \
+            {ntuple["Muon_pt"].field_id, ntuple["Muon_pt"].field_id + 1}
+
+
+# --- page checksums ------------------------------------------------------------------------
+
+def with_photons(chunks: list[dict]) -> list[dict]:
+    """A collection the converter does not read, with compressible (so compressed) pages."""
+    return [{**c, "Photon": ak.zip({"pt": np.round(c["Jet"].pt), "hoe": c["Jet"].jetId})} for c in chunks]
+
+
+@pytest.fixture(scope="module")
+def checksummed(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("checksums")
+    return rf.write_rntuple(d / "ck.root", "Events", with_photons(nano_chunks(seed=4)), page_checksums=True)
+
+
+def _page(path: Path, field: str, cluster: int) -> tuple[int, int]:
+    """(offset, size) of the first page in `cluster` of `field`'s own column (a collection's offsets)."""
+    with uproot.open(path) as f:
+        ntuple = f["Events"]
+        fid = ntuple[field].field_id
+        column = next(i for i, c in enumerate(ntuple.column_records) if c.field_id == fid)
+        page = ntuple.page_link_list[cluster][column].pages[0]
+        assert page.has_checksum
+        return page.locator.offset, page.locator.num_bytes
+
+
+def test_checksummed_pages_convert_like_plain_ones(checksummed, tmp_path):
+    plain = rf.write_rntuple(tmp_path / "plain.root", "Events", with_photons(nano_chunks(seed=4)))
+    for step in (37, 100_000):
+        out = convert(checksummed, tmp_path / "ck.parquet", "none", step_size=step)
+        assert data_bytes(out) == data_bytes(convert(plain, tmp_path / "plain.parquet", "none", step_size=step))
+
+
+@pytest.mark.parametrize("field, where, named", [
+    ("Jet.pt", "payload", "Jet.pt"), ("Jet.pt", "checksum", "Jet.pt"),
+    ("Muon", "payload", "Muon.pt"),  # the offsets every Muon field needs: the first one read is named
+    ("Photon.pt", "payload", None),  # not read, not checked
+])
+def test_a_flipped_byte_in_a_page_is_caught_by_its_checksum(checksummed, tmp_path, field, where, named):
+    reference = convert(checksummed, tmp_path / "ref.parquet", "none")
+    offset, size = _page(checksummed, field, cluster=1)
+    data = bytearray(checksummed.read_bytes())
+    data[offset + (size // 2 if where == "payload" else size + 3)] ^= 0x10
+    bad = tmp_path / "flipped.root"
+    bad.write_bytes(bytes(data))
+    if named is None:
+        assert data_bytes(convert(bad, tmp_path / "bad.parquet", "none")) == data_bytes(reference)
+        return
+    with pytest.raises(InputError) as info:
+        convert(bad, tmp_path / "bad.parquet", "none")
+    assert str(info.value) == f"{bad}: corrupt page of field '{named}' in cluster 1 (its checksum does not match)"
+    assert not (tmp_path / "bad.parquet").exists()
+
+
+@pytest.mark.parametrize("page_checksums", [False, True])
+def test_corrupt_rntuples_convert_or_stop_with_one_line(tmp_path, page_checksums):
+    """Seeded flips, truncations, deletions, insertions, overwrites of an RNTuple file: each one
+    converts or is one line naming the file, and leaves nothing. With page checksums (as ROOT
+    writes them) whatever converts is the original's data; uproot's pages have none, so a flipped
+    byte in an uncompressed page can there become a wrong but plausible value."""
+    source = rf.write_rntuple(tmp_path / "src.root", "Events", [rf.nanoaod_branches(150, seed=21)],
+                              page_checksums=page_checksums)
+    reference = data_bytes(convert(source, tmp_path / "ref.parquet", "none"))
     original = source.read_bytes()
     rng = np.random.default_rng(33)
-    outcomes = {"converted": 0, "error": 0}
+    outcomes = {"same": 0, "different": 0, "error": 0}
     for case in range(150):
         description, data = rf.corrupt(original, rng)
         bad = tmp_path / "bad.root"
@@ -355,9 +438,11 @@ def test_corrupt_rntuples_convert_or_stop_with_one_line(tmp_path):
         out = tmp_path / "out" / f"case{case}.parquet"
         try:
             convert(bad, out, "none")
-            outcomes["converted"] += 1
+            outcomes["same" if data_bytes(out) == reference else "different"] += 1
         except InputError as exc:
             outcomes["error"] += 1
             assert str(bad) in str(exc) and "\n" not in str(exc), (description, str(exc))
             assert not out.exists() and not list(out.parent.glob(".*")), description
-    assert outcomes["error"] > 75, outcomes
+    assert outcomes["error"] > 100, outcomes
+    if page_checksums:
+        assert outcomes["different"] == 0, outcomes

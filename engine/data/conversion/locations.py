@@ -30,7 +30,7 @@ _NOT_FOUND_CODES = ("[3011]",)
 """XRootD's kXR_NotFound, which its client raises as a plain OSError."""
 
 __all__ = ["Source", "content", "file_list", "head", "input_name", "input_stem", "location",
-           "size", "uproot_source"]
+           "open_binary", "size", "uproot_source"]
 
 
 def input_name(source: Source) -> str:
@@ -70,6 +70,18 @@ def content(source: Source) -> bytes:
         return remote.read(source)
     _check_local(source)
     return source.read_bytes()
+
+
+def open_binary(source: Source):
+    """The file opened for reading bytes at any place (`seek`, `read`), as a context manager."""
+    if isinstance(source, URL):
+        fs, path = remote.filesystem(source)
+        try:
+            return fs.open(path, "rb")
+        except Exception as exc:  # noqa: BLE001 - each storage client raises its own types
+            raise _failure(source, exc) from None
+    _check_local(source)
+    return open(source, "rb")
 
 
 def uproot_source(source: Source) -> tuple[str, dict]:
@@ -112,10 +124,13 @@ def _info(url: URL) -> dict:
     try:
         info = fs.info(path)
     except Exception as exc:  # noqa: BLE001 - each storage client raises its own types
-        if isinstance(exc, FileNotFoundError) or any(code in str(exc) for code in _NOT_FOUND_CODES):
-            raise InputError(url, "no such file") from None
-        raise remote.failure(url, exc) from None
+        raise _failure(url, exc) from None
     if info.get("type") == "directory":
         raise InputError(url, "is a folder, not a file")
     return info
 
+
+def _failure(url: URL, exc: BaseException) -> InputError:
+    if isinstance(exc, FileNotFoundError) or any(code in str(exc) for code in _NOT_FOUND_CODES):
+        return InputError(url, "no such file")
+    return remote.failure(url, exc)

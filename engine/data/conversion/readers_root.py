@@ -81,10 +81,11 @@ def _decompression_errors() -> tuple[type[BaseException], ...]:
 
 
 READ_ERRORS = (OSError, ValueError, EOFError, KeyError, IndexError, struct.error, AssertionError,
-               AttributeError, TypeError, NotImplementedError, uproot.deserialization.DeserializationError,
-               *_decompression_errors())
-"""What uproot raises on truncated or corrupt bytes: its parsers of headers, streamers and baskets
-assert, index and decompress untrusted data, so each of these means a corrupt file."""
+               AttributeError, TypeError, NotImplementedError, UnboundLocalError,
+               uproot.deserialization.DeserializationError, *_decompression_errors())
+"""What uproot raises on truncated or corrupt bytes: its parsers of headers, streamers, baskets and
+pages assert, index and decompress untrusted data, so each of these means a corrupt file
+(UnboundLocalError: uproot's decompression, when the compressed size it is given is zero)."""
 
 
 def use_fast_zlib() -> str:
@@ -188,10 +189,13 @@ class Chunk:
         for name, array in arrays.items():
             self._check_layout(name, array, name in per_event)
             if array.ndim == 1:
-                self.flat[name] = ak.to_numpy(array)
+                content = ak.to_layout(array)
             else:
                 self.offsets[name], content = list_parts(array)
-                self.flat[name] = ak.to_numpy(content)
+            if content.is_option:  # an RNTuple's std::optional; a tree has no such branch
+                raise InputError(self.path, f"{self.describe(name)} holds optional values "
+                                            f"(std::optional), expected numbers")
+            self.flat[name] = ak.to_numpy(content)
             self._check_dtype(name, self.flat[name].dtype)
         self.n = len(next(iter(arrays.values())))
 
@@ -272,7 +276,7 @@ class RootReader:
                                         f"{', '.join(repr(m) for m in missing)}")
 
     def _container(self) -> str:
-        """"tree 'Events'" or "RNTuple 'Events'"."""
+        """The container as messages name it: tree 'Events' or RNTuple 'Events'."""
         return f"{self.source.kind} '{self.tree_name}'"
 
     def chunks(self) -> Iterator[ak.Array]:

@@ -18,6 +18,11 @@ last fewer), so the converted files are the same, but they are read as whole clu
 are read together up to `step_size` entries, a cluster larger than `step_size` is read once and
 handed out in slices, and only a chunk that straddles two reads is copied. No cluster is
 decompressed twice; memory is bounded by the larger of a cluster and a step (of the columns read).
+
+Checksums. uproot checks the RNTuple's anchor, header, footer and page lists (xxHash3-64) but not
+its pages; ROOT writes a checksum after every page, so the pages of the fields read are verified
+here before each read, and a flipped byte in them is an error naming the field, never a wrong
+value. Pages written without one (uproot writes none) are read as they are.
 """
 from __future__ import annotations
 
@@ -27,9 +32,13 @@ from typing import Iterator
 
 import awkward as ak
 import numpy as np
+import xxhash
 
+from engine.data.conversion.locations import open_binary
 from engine.data.conversion.locations import size as input_size
+from engine.errors import InputError
 
+CHECKSUM_BYTES = 8
 RNTUPLE_CLASSES = ("ROOT::RNTuple", "ROOT::Experimental::RNTuple")
 """uproot's class names of an RNTuple anchor (the second before RNTuple's first stable version)."""
 
@@ -92,15 +101,19 @@ class NTupleSource:
     def describe(self, name: str) -> str:
         return f"field '{self.paths[name]}'"
 
+    def _columns(self, name: str) -> list[int]:
+        """The columns reading `name` needs: its own, its subfields' and its collections' offsets."""
+        return physical_columns(self.ntuple, self.ntuple[self.paths[name]].field_id)
+
     def check_not_truncated(self, names: list[str]) -> str | None:
         """The problem if a page of one of `names` (or of the collections holding it) lies beyond
         the end of the file, else None."""
         size = input_size(self.path)
         for name in names:
-            ids = {f.field_id for f in _with_ancestors(self.ntuple[self.paths[name]], self.ntuple)}
-            indices = [i for i, c in enumerate(self.ntuple.column_records) if c.field_id in ids]
-            end = max((p.locator.offset + p.locator.num_bytes for cluster in self.ntuple.page_link_list
-                       for i in indices for p in cluster[i].pages), default=0)
+            columns = self._columns(name)
+            end = max((p.locator.offset + p.locator.num_bytes + (CHECKSUM_BYTES if p.has_checksum else 0)
+                       for cluster in self.ntuple.page_link_list for i in columns for p in cluster[i].pages),
+                      default=0)
             if end > size:
                 return (f"truncated file: field '{self.paths[name]}' needs byte {end:,} "
                         f"but the file has {size:,} bytes")
@@ -108,18 +121,59 @@ class NTupleSource:
 
     def chunks(self, names: list[str], step_size: int) -> Iterator[tuple[dict[str, ak.Array], int]]:
         """({name: array}, first entry) for `step_size` entries at a time (the last chunk fewer),
-        in file order: the same chunks as a TTree's."""
+        in file order: the same chunks as a TTree's. Pages that carry a checksum are verified
+        before they are read."""
         wanted = sorted({self.paths[n] for n in names})
-        groups = ((first, self.ntuple.arrays(filter_name=wanted, entry_start=first, entry_stop=last))
-                  for first, last in cluster_groups(self._cluster_entries(), step_size))
-        for start, part in steps(groups, step_size):
+        columns = {n: self._columns(n) for n in names}
+        entries = [int(c.num_entries) for c in self.ntuple.cluster_summaries]
+        starts = np.concatenate([[0], np.cumsum(entries, dtype=np.int64)])
+
+        def groups() -> Iterator[tuple[int, ak.Array]]:
+            for clusters in cluster_groups(entries, step_size):
+                self._verify_pages(clusters, columns)
+                first, last = int(starts[clusters.start]), int(starts[clusters.stop])
+                yield first, self.ntuple.arrays(filter_name=wanted, entry_start=first, entry_stop=last)
+
+        for start, part in steps(groups(), step_size):
             yield {n: reduce(lambda a, key: a[key], self.paths[n].split("."), part) for n in names}, start
 
-    def _cluster_entries(self) -> list[int]:
-        return [int(c.num_entries) for c in self.ntuple.cluster_summaries]
+    def _verify_pages(self, clusters: range, columns: dict[str, list[int]]) -> None:
+        """InputError naming the field if a page of `clusters` does not match its checksum (the
+        xxHash3-64 of the page's bytes, stored in the 8 bytes after them, as ROOT writes it)."""
+        pages = self.ntuple.page_link_list
+        with open_binary(self.path) as f:
+            for name, indices in columns.items():
+                for cluster in clusters:
+                    for page in (p for i in indices for p in pages[cluster][i].pages if p.has_checksum):
+                        f.seek(page.locator.offset)
+                        data = f.read(page.locator.num_bytes + CHECKSUM_BYTES)
+                        stored = int.from_bytes(data[-CHECKSUM_BYTES:], "little")
+                        if len(data) < page.locator.num_bytes + CHECKSUM_BYTES or \
+                                xxhash.xxh3_64_intdigest(data[:-CHECKSUM_BYTES]) != stored:
+                            raise InputError(self.path, f"corrupt page of field '{self.paths[name]}' in "
+                                                        f"cluster {cluster} (its checksum does not match)")
 
     def provenance(self, names: list[str]) -> dict:
         return {"rntuple": self.name, "fields": sorted({self.paths[n] for n in names})}
+
+
+def physical_columns(ntuple, field_id: int) -> list[int]:
+    """The columns that hold a field's data: those of the field, of its subfields (the items of
+    a `std::vector<float>` field) and of the collections above it (their offsets); a projected
+    field's through its alias columns."""
+    records = ntuple.field_records
+    ids, i = {field_id}, field_id
+    while records[i].parent_field_id != i:
+        i = records[i].parent_field_id
+        ids.add(i)
+    below = [field_id]
+    while below:
+        parent = below.pop()
+        children = [j for j, r in enumerate(records) if r.parent_field_id == parent and j != parent]
+        ids.update(children)
+        below.extend(children)
+    own = [i for i, c in enumerate(ntuple.column_records) if c.field_id in ids]
+    return sorted({*own, *(a.physical_id for a in ntuple.alias_column_records if a.field_id in ids)})
 
 
 def field_names(paths: list[str]) -> dict[str, str]:
@@ -133,17 +187,17 @@ def field_names(paths: list[str]) -> dict[str, str]:
     return names
 
 
-def cluster_groups(entries: list[int], step_size: int) -> list[tuple[int, int]]:
-    """Entry ranges [first, last) of whole consecutive clusters (of `entries` entries each), each
-    range up to `step_size` entries unless a single cluster is larger."""
-    groups, first, last = [], 0, 0
-    for n in entries:
-        if last > first and last + n - first > step_size:
-            groups.append((first, last))
-            first = last
-        last += n
-    if last > first:
-        groups.append((first, last))
+def cluster_groups(entries: list[int], step_size: int) -> list[range]:
+    """Consecutive clusters (of `entries` entries each) read together: ranges of cluster indices,
+    each up to `step_size` entries unless a single cluster is larger."""
+    groups, first, total = [], 0, 0
+    for i, n in enumerate(entries):
+        if i > first and total + n > step_size:
+            groups.append(range(first, i))
+            first, total = i, 0
+        total += n
+    if len(entries) > first:
+        groups.append(range(first, len(entries)))
     return groups
 
 
@@ -165,10 +219,3 @@ def steps(groups: Iterator[tuple[int, ak.Array]], step_size: int) -> Iterator[tu
         tail, tail_start = (array[offset:], first + offset) if offset < len(array) else (None, 0)
     if tail is not None:
         yield tail_start, tail
-
-
-def _with_ancestors(field, ntuple) -> list:
-    fields = [field]
-    while fields[-1].parent is not ntuple:
-        fields.append(fields[-1].parent)
-    return fields
