@@ -17,6 +17,7 @@ import threading
 from pathlib import Path
 
 import pytest
+import uproot
 
 from engine.__main__ import main
 from engine.data.conversion import locations
@@ -31,19 +32,33 @@ BUCKET = "s3://convert/data"
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    """A folder of small inputs: NanoAOD, Delphes and JSON, and some bad ones."""
+    """A folder of small inputs: NanoAOD (a TTree and an RNTuple), Delphes and JSON, and bad ones."""
     d = tmp_path_factory.mktemp("remote-inputs") / "data"
     d.mkdir()
     rf.write_root(d / "nano.root", "Events", [rf.nanoaod_branches(400, seed=1)])
     rf.write_root(d / "other.root", "Events", [rf.nanoaod_branches(300, seed=2, first_event=1000)])
     rf.write_root(d / "delphes.root", "Delphes", [rf.delphes_branches(200, seed=3)], naming="dotted")
     rf.write_json(d / "study.json", rf.json_events(150, seed=4))
+    ntuple = rf.write_rntuple(d / "ntuple.root", "Events", [rf.nanoaod_branches(300, seed=5)], page_checksums=True)
+    (d / "flipped.root").write_bytes(flipped_page(ntuple, "Jet.pt"))
     data = (d / "nano.root").read_bytes()
     (d / "truncated.root").write_bytes(data[:len(data) // 2])
     (d / "text.root").write_text("not a ROOT file at all\n")
     (d / "folder.root").mkdir()
     (d / "folder.root" / "inside").write_text("x")
     return d
+
+
+def flipped_page(path: Path, field: str) -> bytes:
+    """The bytes of RNTuple file `path` with one bit flipped in the first page of `field`."""
+    with uproot.open(path) as f:
+        ntuple = f["Events"]
+        column = next(i for i, c in enumerate(ntuple.column_records) if c.field_id == ntuple[field].field_id)
+        page = ntuple.page_link_list[0][column].pages[0]
+        assert page.has_checksum
+    data = bytearray(path.read_bytes())
+    data[page.locator.offset + page.locator.num_bytes // 2] ^= 0x10
+    return bytes(data)
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +123,7 @@ def error_lines(capsys) -> list[str]:
 
 
 @pytest.mark.parametrize("scheme", ["root", "s3", "http"])
-@pytest.mark.parametrize("name", ["nano.root", "delphes.root", "study.json"])
+@pytest.mark.parametrize("name", ["nano.root", "delphes.root", "study.json", "ntuple.root"])
 def test_a_url_gives_the_bytes_of_the_local_file(data, scheme, name, request, tmp_path, capsys):
     """Provenance names the input by its file name and size, so the outputs are equal byte for byte."""
     url = url_of(data, scheme, name, request)
@@ -198,6 +213,15 @@ def test_a_bad_url_is_one_line_naming_it(data, scheme, name, words, request, tmp
     lines = error_lines(capsys)
     assert len(lines) == 1 and lines[0].startswith(f"error: {url}: ") and words in lines[0]
     assert not (tmp_path / "out").exists()          # checked before anything is converted
+
+
+@pytest.mark.parametrize("scheme", ["root", "s3"])
+def test_a_page_checksum_is_verified_through_the_url(data, scheme, request, tmp_path, capsys):
+    url = url_of(data, scheme, "flipped.root", request)
+    assert convert(url, out=tmp_path / "out") == 2
+    assert error_lines(capsys) == [f"error: {url}: corrupt page of field 'Jet.pt' in cluster 0 "
+                                   f"(its checksum does not match)"]
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("scheme", ["root", "s3", "http"])
