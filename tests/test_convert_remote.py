@@ -307,3 +307,18 @@ def test_a_stopped_server_is_one_line_exit_2(data, scheme, tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {url}: cannot read from the server (")
     assert "Traceback" not in proc.stderr and not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_the_benchmark_records_both_sources_and_their_ratio(tmp_path):
+    """benchmarks/remote_convert.py at a tiny size: six `convert` subprocesses."""
+    from benchmarks.remote_convert import convert_rate
+    if shutil.which("xrootd") is None:
+        pytest.skip("needs the xrootd server binary (apt-get install xrootd-server)")
+    records, skips = convert_rate(tmp_path, events=2_000, rounds=1)
+    assert skips == []
+    rates = {r["params"]["source"]: r["value"] for r in records if r["name"] == "remote_convert_events_per_s"}
+    assert set(rates) == {"local", "root"} and all(v > 0 for v in rates.values())
+    ratio = next(r for r in records if r["name"] == "remote_convert_over_local")
+    assert ratio["params"] == {"source": "root"} and ratio["value"] == pytest.approx(rates["root"] / rates["local"],
+                                                                                     rel=0.01)
