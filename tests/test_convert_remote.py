@@ -195,6 +195,24 @@ def error_tail(words: str) -> str:
             "not a text file": " (a list of input paths or URLs, one a line)"}.get(words, "")
 
 
+def test_a_list_with_crlf_a_bom_and_names_holding_hashes(tmp_path):
+    listing = tmp_path / "sub" / "list.txt"
+    listing.parent.mkdir()
+    entries = ["a#1.root", "  # comment", str(tmp_path / "abs.root"), f"file://{tmp_path}/f.root",
+               "root://host//eos/x.root", "../up.json", "\t"]
+    listing.write_bytes(b"\xef\xbb\xbf" + "\r\n".join(entries).encode())
+    assert locations.file_list(listing) == [listing.parent / "a#1.root", tmp_path / "abs.root",
+                                            tmp_path / "f.root", URL("root://host//eos/x.root"),
+                                            listing.parent / "../up.json"]
+
+
+@pytest.mark.parametrize("source", ["s3://bucket", "."])
+def test_an_input_without_a_file_name_is_refused(tmp_path, capsys, source):
+    assert convert(source, out=tmp_path / "out") == 2
+    lines = error_lines(capsys)
+    assert len(lines) == 1 and lines[0].endswith(": names no file (an output is named after its input's file name)")
+
+
 def test_no_input_at_all_is_one_line(tmp_path, capsys):
     assert convert(out=tmp_path / "out") == 2
     assert error_lines(capsys) == ["error: INPUT: none given: name files or URLs, or --files-from LIST"]

@@ -117,6 +117,8 @@ def plan_jobs(inputs: list[str | Source], out_dir: str | Path, label: str, fmt: 
     jobs, seen = [], {}
     written = {(out_dir / RECORD_NAME).resolve()}
     for source in map(location, inputs):
+        if not input_stem(source):
+            raise InputError(source, "names no file (an output is named after its input's file name)")
         out = out_dir / f"{input_stem(source)}.parquet"
         written.add(out.resolve())
         if isinstance(source, Path) and source.resolve() in written:

@@ -97,7 +97,7 @@ def file_list(listing: str | Path | URL) -> list[Source]:
     """The inputs named in the list file `listing`, in order (see the module docstring)."""
     where = location(listing)
     try:
-        text = content(where).decode("utf-8")
+        text = content(where).decode("utf-8-sig")
     except UnicodeDecodeError:
         raise InputError(where, "not a text file (a list of input paths or URLs, one a line)") from None
     base = where.parent
