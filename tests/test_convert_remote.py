@@ -11,9 +11,11 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -326,6 +328,32 @@ def test_a_stopped_server_is_one_line_exit_2(data, scheme, tmp_path):
     assert len(lines) == 1 and lines[0].startswith(f"error: {url}: cannot read from the server (")
     assert "Traceback" not in proc.stderr and not (tmp_path / "out").exists()
 
+
+@pytest.mark.slow
+def test_sigkill_mid_run_then_rerun_from_the_servers(data, xrootd, s3, tmp_path):
+    """A run of URLs killed after its first output keeps only complete outputs; the rerun skips
+    them (by the servers' sizes) and ends with the bytes of a local run."""
+    names = ["nano.root", "other.root", "delphes.root", "study.json"]
+    urls = [xrootd.url(data / n) if i % 2 == 0 else f"{BUCKET}/{n}" for i, n in enumerate(names)]
+    options = ["--label", "ttbar", "--step-size", "20", "--workers", "1"]
+    assert main(["convert", *(str(data / n) for n in names), "--out", str(tmp_path / "local"), *options]) == 0
+    clean = {p.name: p.read_bytes() for p in (tmp_path / "local").glob("*.parquet")}
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "engine", "convert", *urls, "--out", str(out), *options]
+    proc = subprocess.Popen(command, cwd=REPO, start_new_session=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    while proc.poll() is None and not list(out.glob("*.parquet")):
+        time.sleep(0.005)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate()
+    kept = {p.name: p.read_bytes() for p in out.glob("*.parquet")}
+    assert 0 < len(kept) < len(names), "the run ended before the kill: nothing was tested"
+    assert all(clean[name] == data for name, data in kept.items())
+    rerun = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"{len(kept)} skipped as already converted" in rerun.stdout
+    assert {p.name: p.read_bytes() for p in out.glob("*.parquet")} == clean
+    assert sorted(p.name for p in out.iterdir()) == sorted([*clean, "convert.json"])
 
 @pytest.mark.slow
 def test_the_benchmark_records_both_sources_and_their_ratio(tmp_path):
