@@ -1,6 +1,7 @@
-"""Real storage servers on loopback for the tests: XRootD (Debian's xrootd-server) and S3 (moto in
-server mode). Each serves a folder of this machine; a test that needs a server whose binary or
-package is absent is skipped, naming what to install (CI installs both: .ci/run, setup.py)."""
+"""Real storage servers on loopback for the tests: XRootD (Debian's xrootd-server), S3 (moto in
+server mode) and HTTP (aiohttp's static files: Python's http.server answers no Range request).
+Each serves a folder of this machine; a test that needs a server whose binary or package is
+absent is skipped, naming what to install (CI installs them: .ci/run, setup.py)."""
 from __future__ import annotations
 
 import logging
@@ -121,6 +122,36 @@ def s3_server(process: bool = False):
                 server.wait()
             else:
                 server.stop()
+
+
+@contextmanager
+def http_server(folder: Path):
+    """aiohttp's static file server (Range requests, folder index pages) over `folder`, in a
+    thread; yields its base URL (http://127.0.0.1:PORT, `folder` at its root)."""
+    import asyncio
+    import threading
+    web = pytest.importorskip("aiohttp.web", reason="needs aiohttp")
+    port, loop, ready = free_port(), asyncio.new_event_loop(), threading.Event()
+    app = web.Application()
+    app.router.add_static("/", folder, show_index=True)
+    runner = web.AppRunner(app, access_log=None)
+
+    def serve() -> None:
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(runner.setup())
+        loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", port).start())
+        ready.set()
+        loop.run_forever()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    ready.wait(20)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
 
 
 def upload(folder: Path, url: str) -> str:

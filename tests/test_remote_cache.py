@@ -109,3 +109,30 @@ def test_temporaries_of_a_killed_writer_are_removed(tmp_path):
     assert not dead.exists() and cache.get("ab" * 4, 100) == b"x" * 100
     shutil.rmtree(tmp_path / "ab")
     assert cache.get("ab" * 4, 100) is None
+
+
+KILLED = """
+import os, signal, sys
+from engine.data.loader import LoaderConfig, make_loader
+loader = make_loader(sys.argv[1], LoaderConfig(batch_size=64, shuffle_buffer=256, cache_dir=sys.argv[2],
+                                               prefetch_blocks=8))
+for i, batch in enumerate(loader):
+    if i == 3:
+        os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_reader_killed_while_filling_the_cache_leaves_it_usable(local, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    cache = tmp_path / "cache"
+    with s3_server():
+        url = upload(local, "s3://killed/shards")
+        done = subprocess.run([sys.executable, "-c", KILLED, url, str(cache)], timeout=120)
+        assert done.returncode == -signal.SIGKILL
+        sizes = {int(n) for s in make_loader(local, _cfg()).data.shards for n in s.sizes}
+        kept = [p for p in cache.rglob("*.blk") if not p.name.startswith(".")]
+        assert kept and all(p.stat().st_size in sizes for p in kept)     # whole blocks only
+        got = _epoch(make_loader(url, _cfg(cache_dir=str(cache))), 0)
+    assert all(torch.equal(a, b) for a, b in zip(got, _epoch(make_loader(local, _cfg()), 0)))

@@ -108,6 +108,17 @@ def exists(url: URL) -> bool:
         raise failure(url, exc) from None
 
 
+def info(url: URL) -> dict | None:
+    """fsspec's info (size, ...) of the file at `url`, or None if there is none."""
+    fs, path = filesystem(url)
+    try:
+        return fs.info(path)
+    except FileNotFoundError:
+        return None
+    except Exception as exc:  # noqa: BLE001
+        raise failure(url, exc) from None
+
+
 def listing(url: URL) -> dict[str, dict]:
     """{file name: fsspec info (size, ETag or mtime)} of the files directly in folder `url`, in one
     request; {} for a folder that does not exist."""

@@ -28,10 +28,10 @@ from engine.data.shards.manifest import (IDENTITY_COLUMNS, MANIFEST, SHARD_FORMA
                                          SHARD_FORMAT_VERSION, TEMPORARY, validate_manifest)
 from engine.data.shards.members import (ShardInfo, SplitData, check_headers, count_classes,
                                         decode_member, parse_index)
+from engine.errors import InputError
 
 __all__ = ["ShardInfo", "SplitData", "check_shard", "decode_member", "is_shard_path", "load_manifest",
            "locate_split", "open_split", "read_identity", "read_index", "verify_shard"]
-from engine.errors import InputError
 
 
 def is_shard_path(path: str | Path) -> bool:

@@ -65,16 +65,17 @@ def checks(folder: remote.URL, manifest: dict):
 
 def check_shard(folder: remote.URL, entry: dict, first_index: int, files: dict[str, dict],
                 digest: str) -> ShardInfo:
-    """Compare one remote shard's size (from the listing) and index with the manifest."""
+    """Compare one remote shard's size (from the listing, else one request) and index with the
+    manifest."""
     tar, idx = folder / entry["name"], folder / entry["index"]
     info = files.get(entry["name"])
+    if info is None or info.get("size") is None:      # an HTTP index page lists no sizes
+        info = remote.info(tar)
     if info is None:
         raise InputError(tar, "shard listed in the manifest is missing")
     if info.get("size") != entry["bytes"]:
         raise InputError(tar, f"{info.get('size')} bytes, the manifest says {entry['bytes']} "
                               "(truncated or modified)")
-    if entry["index"] not in files:
-        raise InputError(idx, "index file is missing (re-run `shard`, or DALI's wds2idx)")
     offsets, sizes, names = parse_index(idx, remote.read(idx))
     events = np.asarray(entry["members"], np.int64)
     if len(offsets) != len(events):
