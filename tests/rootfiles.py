@@ -9,6 +9,9 @@ only make inputs, with the layouts real files have as far as uproot can write th
 - Delphes-style: tree `Delphes`; leaves named like `Electron.PT` with counters `Electron_size`
   (the names real Delphes files have; uproot cannot write the TClonesArray parent branch), or,
   with `naming="underscore"`, the `nElectron` / `Electron_PT` layout uproot writes by default.
+- RNTuple (`write_rntuple`): the same branch dicts as an RNTuple, collections as fields holding a
+  list of records per event (`Muon.pt`, CMS's RNTuple NanoAOD layout), optionally with ROOT's page
+  checksums.
 - 2017-study JSON: an object keyed by event number, each event with electron / muon / jet
   lists and met, met_phi, run, lumi, ... (see ../shared/reference/SEEDS.md, section 1).
 

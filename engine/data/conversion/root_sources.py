@@ -124,7 +124,9 @@ class NTupleSource:
         in file order: the same chunks as a TTree's. Pages that carry a checksum are verified
         before they are read."""
         wanted = sorted({self.paths[n] for n in names})
-        columns = {n: self._columns(n) for n in names}
+        columns: dict[int, str] = {}  # each column read, and the first name that needs it
+        for name in names:
+            columns.update({i: name for i in self._columns(name) if i not in columns})
         entries = [int(c.num_entries) for c in self.ntuple.cluster_summaries]
         starts = np.concatenate([[0], np.cumsum(entries, dtype=np.int64)])
 
@@ -137,14 +139,15 @@ class NTupleSource:
         for start, part in steps(groups(), step_size):
             yield {n: reduce(lambda a, key: a[key], self.paths[n].split("."), part) for n in names}, start
 
-    def _verify_pages(self, clusters: range, columns: dict[str, list[int]]) -> None:
-        """InputError naming the field if a page of `clusters` does not match its checksum (the
-        xxHash3-64 of the page's bytes, stored in the 8 bytes after them, as ROOT writes it)."""
+    def _verify_pages(self, clusters: range, columns: dict[int, str]) -> None:
+        """InputError naming the field if a page of `columns` {column: name} in `clusters` does not
+        match its checksum (the xxHash3-64 of the page's bytes, in the 8 bytes after them, as ROOT
+        writes it)."""
         pages = self.ntuple.page_link_list
         with open_binary(self.path) as f:
-            for name, indices in columns.items():
-                for cluster in clusters:
-                    for page in (p for i in indices for p in pages[cluster][i].pages if p.has_checksum):
+            for cluster in clusters:
+                for column, name in columns.items():
+                    for page in (p for p in pages[cluster][column].pages if p.has_checksum):
                         f.seek(page.locator.offset)
                         data = f.read(page.locator.num_bytes + CHECKSUM_BYTES)
                         stored = int.from_bytes(data[-CHECKSUM_BYTES:], "little")
