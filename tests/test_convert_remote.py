@@ -26,7 +26,7 @@ from engine.data.conversion import locations
 from engine.data.remote import URL
 from engine.errors import InputError
 from tests import rootfiles as rf
-from tests.servers import S3_ENV, s3_server, upload, xrootd_server
+from tests.servers import S3_ENV, XRootD, s3_server, upload, world_readable, xrootd_server
 
 REPO = Path(__file__).resolve().parents[1]
 BUCKET = "s3://convert/data"
@@ -328,6 +328,32 @@ def test_a_stopped_server_is_one_line_exit_2(data, scheme, tmp_path):
     assert len(lines) == 1 and lines[0].startswith(f"error: {url}: cannot read from the server (")
     assert "Traceback" not in proc.stderr and not (tmp_path / "out").exists()
 
+
+def test_a_server_that_stops_mid_conversion_is_one_line(tmp_path):
+    """The server goes away while a worker reads the data: one line naming the URL, exit 2, and
+    nothing left in --out."""
+    pytest.importorskip("fsspec_xrootd")
+    if shutil.which("xrootd") is None:
+        pytest.skip("needs the xrootd server binary (apt-get install xrootd-server)")
+    served = tmp_path / "served"
+    served.mkdir()
+    rf.write_root(served / "big.root", "Events", [rf.nanoaod_branches(20_000, seed=9)])
+    world_readable(served)
+    server = XRootD(served)
+    out, url = tmp_path / "out", server.url(served / "big.root")
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "engine", "convert", url, "--out", str(out), "--label",
+                                 "ttbar", "--step-size", "100"], cwd=REPO, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        while proc.poll() is None and not (out.exists() and any(out.iterdir())):     # the sink is open
+            time.sleep(0.002)
+    finally:
+        server.stop()
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in err, err
+    assert err.strip().splitlines() == [next(line for line in err.splitlines() if line.startswith("error: "))]
+    assert err.startswith(f"error: {url}: cannot read from the server (")
+    assert not out.exists() or not any(out.iterdir())
 
 @pytest.mark.slow
 def test_sigkill_mid_run_then_rerun_from_the_servers(data, xrootd, s3, tmp_path):

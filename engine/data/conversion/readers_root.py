@@ -42,6 +42,7 @@ import uproot
 
 from engine.data.conversion.jagged import first_per_event, jagged_record, list_parts
 from engine.data.conversion.locations import Source, head, location, uproot_source
+from engine.data.remote import URL
 from engine.data.conversion.root_sources import RNTUPLE_CLASSES, NTupleSource, TreeSource
 from engine.errors import InputError
 
@@ -288,6 +289,8 @@ class RootReader:
             except StopIteration:
                 return
             except READ_ERRORS as exc:
+                if isinstance(self.path, URL) and isinstance(exc, OSError):    # the server, not the file
+                    raise InputError(self.path, f"cannot read from the server ({_first_line(exc)})") from None
                 raise InputError(self.path, f"cannot read the data, truncated or corrupt? "
                                             f"({_first_line(exc)})") from None
             chunk = Chunk(self.source, chunk, self._per_event())
