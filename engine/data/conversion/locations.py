@@ -26,6 +26,9 @@ from engine.errors import InputError
 Source = Path | URL
 """A convert input: a local path or a URL."""
 
+READ_AHEAD_BYTES = 1 << 20
+"""Smallest request of `open_binary` on a URL (each storage's default differs: 5 MiB to 50 MiB)."""
+
 _NOT_FOUND_CODES = ("[3011]",)
 """XRootD's kXR_NotFound, which its client raises as a plain OSError."""
 
@@ -73,11 +76,12 @@ def content(source: Source) -> bytes:
 
 
 def open_binary(source: Source):
-    """The file opened for reading bytes at any place (`seek`, `read`), as a context manager."""
+    """The file opened for reading bytes at any place (`seek`, `read`), as a context manager; a
+    URL's in ranged requests of at least `READ_AHEAD_BYTES`."""
     if isinstance(source, URL):
         fs, path = remote.filesystem(source)
         try:
-            return fs.open(path, "rb")
+            return fs.open(path, "rb", block_size=READ_AHEAD_BYTES)
         except Exception as exc:  # noqa: BLE001 - each storage client raises its own types
             raise _failure(source, exc) from None
     _check_local(source)
