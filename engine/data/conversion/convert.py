@@ -21,6 +21,7 @@ and the slices.
 """
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -33,6 +34,9 @@ from engine.data.conversion.outputs import (MISSING, RECORD_NAME, Existing, exam
 from engine.data.tasks import ExecutorSpec, Failed, Task, TaskSlice, run_tasks
 from engine.errors import InputError
 from engine.files import sweep_temporaries, writable_folder
+
+CHECK_THREADS = 8
+"""Inputs checked at the same time."""
 
 __all__ = ["DEFAULT_STEP_SIZE", "FORMATS", "RECORD_NAME", "ConvertJob", "ConvertResult", "ConvertRun",
            "ConvertFailures", "Failure", "convert_all", "convert_file", "inputs_of", "plan_jobs"]
@@ -131,22 +135,33 @@ def plan_jobs(inputs: list[str | Source], out_dir: str | Path, label: str, fmt: 
 
 
 def check_inputs(jobs: list[ConvertJob], skip_bad: bool = False) -> tuple[list[Checked], list[Failure]]:
-    """Open every input (no event data read). The first bad one raises InputError, unless
+    """Open every input (no event data read), `CHECK_THREADS` at a time (a remote check waits on
+    a few round trips to its server). The first bad one in order raises InputError, unless
     `skip_bad`: then the bad ones come back as failures."""
+    with ThreadPoolExecutor(max(1, min(CHECK_THREADS, len(jobs)))) as pool:
+        outcomes = list(pool.map(_check, jobs))
     checked, failures = [], []
-    for job in jobs:
-        try:
-            reader = open_reader(job.source, job.fmt, job.step_size)
-        except InputError as exc:
-            if not skip_bad:
-                raise
-            failures.append(Failure(str(job.source), exc.source, exc.problem))
-            continue
-        try:
-            checked.append(Checked(replace(job, fmt=reader.format), size(job.source), known_events(reader)))
-        finally:
-            reader.close()
+    for job, outcome in zip(jobs, outcomes):
+        if isinstance(outcome, Checked):
+            checked.append(outcome)
+        elif not skip_bad:
+            raise outcome
+        else:
+            failures.append(Failure(str(job.source), outcome.source, outcome.problem))
     return checked, failures
+
+
+def _check(job: ConvertJob) -> Checked | InputError:
+    try:
+        reader = open_reader(job.source, job.fmt, job.step_size)
+    except InputError as exc:
+        return exc
+    try:
+        return Checked(replace(job, fmt=reader.format), size(job.source), known_events(reader))
+    except InputError as exc:
+        return exc
+    finally:
+        reader.close()
 
 
 def convert_all(jobs: list[ConvertJob], out_dir: str | Path, executor: ExecutorSpec | None = None,
