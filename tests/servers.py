@@ -83,16 +83,24 @@ class XRootD:
 
 
 @contextmanager
-def xrootd_server(export: Path):
+def xrootd_server(source: Path):
+    """An xrootd server over a world-readable copy of folder `source`, at `server.export /
+    source.name`. The copy lives outside pytest's temporary folders: pytest makes its user folder
+    private again whenever a session starts, which would lock the server (user nobody) out."""
     if shutil.which("xrootd") is None:
         pytest.skip("needs the xrootd server binary (apt-get install xrootd-server)")
     pytest.importorskip("fsspec_xrootd", reason="needs fsspec-xrootd (pip install -e '.[dev]')")
-    world_readable(export)
-    server = XRootD(export)
+    export = Path(tempfile.mkdtemp(prefix="xrootd-data-"))
     try:
-        yield server
+        shutil.copytree(source, export / source.name)
+        world_readable(export)
+        server = XRootD(export)
+        try:
+            yield server
+        finally:
+            server.stop()
     finally:
-        server.stop()
+        shutil.rmtree(export, ignore_errors=True)
 
 
 @contextmanager

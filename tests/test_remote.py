@@ -3,6 +3,7 @@ the local folder, resume, inspect, the checks a remote split gets, one-line erro
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from engine.data import remote, shards
 from engine.data.loader import LoaderConfig, make_loader
 from engine.errors import InputError
 from tests.events import synthetic_shards
-from tests.servers import S3_ENV, free_port, http_server, s3_server, upload, xrootd_server
+from tests.servers import S3_ENV, free_port, http_server, s3_server, upload, world_readable, xrootd_server
 
 BATCH = 64
 
@@ -29,7 +30,7 @@ def local(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def xrootd(local):
-    with xrootd_server(local.parent) as server:
+    with xrootd_server(local) as server:
         yield server
 
 
@@ -49,7 +50,8 @@ def http(local):
 @pytest.fixture(params=["root", "s3", "http"])
 def url(request, local):
     if request.param == "root":
-        return request.getfixturevalue("xrootd").url(local)
+        server = request.getfixturevalue("xrootd")
+        return server.url(server.export / local.name)
     if request.param == "http":
         return request.getfixturevalue("http") + "/" + local.name
     request.getfixturevalue("s3")
@@ -251,3 +253,26 @@ def test_a_flipped_byte_on_the_server_is_read_right_or_one_line(local, s3, tmp_p
         return
     assert len(got) == len(want)             # a flip in tar padding changes nothing read
     assert all(torch.equal(a[k], b[k]) for a, b in zip(got, want) for k in a)
+
+
+def test_ranks_split_a_url_as_they_split_the_local_folder(local, url):
+    for rank in range(3):
+        got = make_loader(url, _cfg(), rank, 3)
+        want = make_loader(local, _cfg(), rank, 3)
+        assert all(torch.equal(a["index"], b["index"]) for a, b in zip(got, want, strict=True))
+
+
+def test_a_shard_the_server_may_not_read_is_one_line(local, xrootd):
+    if os.geteuid() != 0:
+        pytest.skip("the xrootd server runs as this user, who may read anything it owns")
+    folder = xrootd.export / "guarded"
+    if not folder.exists():
+        shutil.copytree(local, folder)
+    world_readable(folder)
+    (folder / "train" / "train-00001.tar").chmod(0o000)       # xrootd runs as nobody
+    url = xrootd.url(folder)
+    with pytest.raises(InputError) as exc:
+        list(make_loader(url, _cfg(shuffle=False)))
+    message = str(exc.value)
+    assert message.startswith(f"{url}/train/train-00001.tar: cannot read from the server (")
+    assert "\n" not in message and "ermission" in message

@@ -88,7 +88,7 @@ def check_shard(folder: remote.URL, entry: dict, first_index: int, files: dict[s
                      names, f"{entry['bytes']}:{remote.version(info)}:{digest}")
 
 
-def checked_member(info: ShardInfo, j: int, kind: str, raw: bytes) -> bytes:
+def checked_member(info: ShardInfo, j: int, kind: str, raw: bytes) -> memoryview:
     """The member's bytes from `raw` (its tar header, then the member), after checking both
     headers against the index and the manifest; InputError naming the shard and member."""
     problem = (check_headers(raw, info.members[j], int(info.sizes[j]), kind, int(info.events[j]),
@@ -96,10 +96,10 @@ def checked_member(info: ShardInfo, j: int, kind: str, raw: bytes) -> bytes:
                if len(raw) == tarfile.BLOCKSIZE + info.sizes[j] else "member cut short (truncated shard)")
     if problem:
         raise InputError(info.path, f"member {info.members[j]}: {problem}")
-    return raw[tarfile.BLOCKSIZE:]
+    return memoryview(raw)[tarfile.BLOCKSIZE:]
 
 
-def read_member(info: ShardInfo, j: int, kind: str) -> bytes:
+def read_member(info: ShardInfo, j: int, kind: str) -> memoryview:
     """Member j of a remote shard (tar header checked), in one ranged request."""
     start = int(info.offsets[j]) - tarfile.BLOCKSIZE
     raw = remote.read(info.path, start, int(info.offsets[j] + info.sizes[j]))
