@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -26,7 +27,7 @@ from engine.data.conversion import locations
 from engine.data.remote import URL
 from engine.errors import InputError
 from tests import rootfiles as rf
-from tests.servers import S3_ENV, XRootD, s3_server, upload, world_readable, xrootd_server
+from tests.servers import S3_ENV, s3_server, upload, xrootd_server
 
 REPO = Path(__file__).resolve().parents[1]
 BUCKET = "s3://convert/data"
@@ -107,11 +108,16 @@ def web(data):
     thread.join()
 
 
+def served(server, data: Path, name: str) -> str:
+    """The root:// URL of file `name` of `data`, which `server` serves a copy of."""
+    return server.url(server.export / data.name / name)
+
+
 def url_of(data: Path, scheme: str, name: str, request) -> str:
     if scheme == "http":
         return f"{request.getfixturevalue('web')}/{name}"
     if scheme == "root":
-        return request.getfixturevalue("xrootd").url(data / name)
+        return served(request.getfixturevalue("xrootd"), data, name)
     request.getfixturevalue("s3")
     return f"{BUCKET}/{name}"
 
@@ -145,7 +151,7 @@ def test_files_from_a_mixed_list(data, xrootd, s3, tmp_path, capsys):
     here.mkdir()
     shutil.copy(data / "delphes.root", here / "delphes.root")
     listing = here / "inputs.txt"
-    entries = [xrootd.url(data / "nano.root"), f"{BUCKET}/other.root", "delphes.root",
+    entries = [served(xrootd, data, "nano.root"), f"{BUCKET}/other.root", "delphes.root",
                str(data / "study.json")]
     listing.write_text(f"# inputs\n\n{entries[0]}\n  {entries[1]}  \n#{entries[2]}\n{entries[2]}\n\n"
                        f"{entries[3]}\n")
@@ -284,14 +290,14 @@ def test_rerun_skips_by_the_servers_size_and_refuses_a_changed_file(data, s3, tm
 
 
 def test_a_url_and_a_local_file_of_the_same_stem_are_refused(data, xrootd, tmp_path, capsys):
-    url = xrootd.url(data / "nano.root")
+    url = served(xrootd, data, "nano.root")
     assert convert(data / "nano.root", url, out=tmp_path / "out") == 2
     lines = error_lines(capsys)
     assert len(lines) == 1 and lines[0].startswith(f"error: {url}: would write the same output as ")
 
 
 def test_remote_inputs_are_tasks_of_a_worker_pool(data, xrootd, s3, tmp_path):
-    urls = [xrootd.url(data / "nano.root"), f"{BUCKET}/other.root", xrootd.url(data / "study.json")]
+    urls = [served(xrootd, data, "nano.root"), f"{BUCKET}/other.root", served(xrootd, data, "study.json")]
     assert convert(*urls, "--workers", "2", out=tmp_path / "pool") == 0
     assert convert(*urls, out=tmp_path / "one") == 0
     for stem in ("nano", "other", "study"):
@@ -300,13 +306,13 @@ def test_remote_inputs_are_tasks_of_a_worker_pool(data, xrootd, s3, tmp_path):
 
 
 def test_names_and_sizes_of_urls(data, xrootd):
-    url = URL(xrootd.url(data / "nano.root"))
+    url = URL(served(xrootd, data, "nano.root"))
     assert locations.input_name(url) == "nano.root" and locations.input_stem(url) == "nano"
     assert locations.input_stem(URL("https://host/a/run2012.root?download=1#x")) == "run2012"
     assert locations.size(url) == (data / "nano.root").stat().st_size
     assert locations.head(url, 4) == b"root"
     with pytest.raises(InputError, match="no such file"):
-        locations.size(URL(xrootd.url(data / "nope.json")))
+        locations.size(URL(served(xrootd, data, "nope.json")))
 
 
 @pytest.mark.parametrize("scheme", ["root", "s3"])
@@ -315,7 +321,7 @@ def test_a_stopped_server_is_one_line_exit_2(data, scheme, tmp_path):
     env = {**os.environ, "XRD_CONNECTIONRETRY": "1", "XRD_CONNECTIONWINDOW": "1", "XRD_REQUESTTIMEOUT": "5"}
     if scheme == "root":
         with xrootd_server(data) as server:
-            url = server.url(data / "nano.root")
+            url = served(server, data, "nano.root")
     else:
         with s3_server() as endpoint:
             upload(data, BUCKET)
@@ -332,22 +338,17 @@ def test_a_stopped_server_is_one_line_exit_2(data, scheme, tmp_path):
 def test_a_server_that_stops_mid_conversion_is_one_line(tmp_path):
     """The server goes away while a worker reads the data: one line naming the URL, exit 2, and
     nothing left in --out."""
-    pytest.importorskip("fsspec_xrootd")
-    if shutil.which("xrootd") is None:
-        pytest.skip("needs the xrootd server binary (apt-get install xrootd-server)")
-    served = tmp_path / "served"
-    served.mkdir()
-    rf.write_root(served / "big.root", "Events", [rf.nanoaod_branches(20_000, seed=9)])
-    world_readable(served)
-    server = XRootD(served)
-    out, url = tmp_path / "out", server.url(served / "big.root")
-    try:
+    source = tmp_path / "source"
+    source.mkdir()
+    rf.write_root(source / "big.root", "Events", [rf.nanoaod_branches(20_000, seed=9)])
+    out = tmp_path / "out"
+    with xrootd_server(source) as server:
+        url = served(server, source, "big.root")
         proc = subprocess.Popen([sys.executable, "-m", "engine", "convert", url, "--out", str(out), "--label",
                                  "ttbar", "--step-size", "100"], cwd=REPO, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
         while proc.poll() is None and not (out.exists() and any(out.iterdir())):     # the sink is open
             time.sleep(0.002)
-    finally:
         server.stop()
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 2 and "Traceback" not in err, err
@@ -360,7 +361,7 @@ def test_sigkill_mid_run_then_rerun_from_the_servers(data, xrootd, s3, tmp_path)
     """A run of URLs killed after its first output keeps only complete outputs; the rerun skips
     them (by the servers' sizes) and ends with the bytes of a local run."""
     names = ["nano.root", "other.root", "delphes.root", "study.json"]
-    urls = [xrootd.url(data / n) if i % 2 == 0 else f"{BUCKET}/{n}" for i, n in enumerate(names)]
+    urls = [served(xrootd, data, n) if i % 2 == 0 else f"{BUCKET}/{n}" for i, n in enumerate(names)]
     options = ["--label", "ttbar", "--step-size", "20", "--workers", "1"]
     assert main(["convert", *(str(data / n) for n in names), "--out", str(tmp_path / "local"), *options]) == 0
     clean = {p.name: p.read_bytes() for p in (tmp_path / "local").glob("*.parquet")}
@@ -382,12 +383,16 @@ def test_sigkill_mid_run_then_rerun_from_the_servers(data, xrootd, s3, tmp_path)
     assert sorted(p.name for p in out.iterdir()) == sorted([*clean, "convert.json"])
 
 @pytest.mark.slow
-def test_the_benchmark_records_both_sources_and_their_ratio(tmp_path):
+def test_the_benchmark_records_both_sources_and_their_ratio():
     """benchmarks/remote_convert.py at a tiny size: six `convert` subprocesses."""
     from benchmarks.remote_convert import convert_rate
     if shutil.which("xrootd") is None:
         pytest.skip("needs the xrootd server binary (apt-get install xrootd-server)")
-    records, skips = convert_rate(tmp_path, events=2_000, rounds=1)
+    workdir = Path(tempfile.mkdtemp(prefix="remote-convert-"))    # outside pytest's private folders
+    try:
+        records, skips = convert_rate(workdir, events=2_000, rounds=1)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
     assert skips == []
     rates = {r["params"]["source"]: r["value"] for r in records if r["name"] == "remote_convert_events_per_s"}
     assert set(rates) == {"local", "root"} and all(v > 0 for v in rates.values())
