@@ -1,4 +1,6 @@
-"""`python -m engine convert INPUT... --out DIR --label NAME`: NanoAOD / Delphes / JSON -> Parquet.
+"""`python -m engine convert INPUT... [--files-from LIST] --out DIR --label NAME`: NanoAOD / Delphes /
+JSON -> Parquet. An input is a local path or a URL (`root://host//path/file.root`, `s3://bucket/key`,
+`https://...`), mixed freely; `--files-from LIST` adds the inputs listed in LIST, one a line.
 
 One output per input, `DIR/<input stem>.parquet`, with process = label = NAME (class_names [NAME]),
 each written atomically as its task completes, on the local process pool (`--workers`) or a Dask
@@ -16,13 +18,17 @@ import sys
 
 from engine.data.canonical.selection import PRESETS, load_selection
 from engine.data.conversion.convert import (DEFAULT_STEP_SIZE, FORMATS, RECORD_NAME, ConvertFailures,
-                                            ConvertRun, convert_all, plan_jobs)
+                                            ConvertRun, convert_all, inputs_of, plan_jobs)
 from engine.data.tasks import TaskSlice, add_executor_arguments, add_slice_arguments, executor_spec, task_slice
 from engine.errors import EXIT_BAD_INPUT
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="ROOT or JSON event files")
+    parser.add_argument("inputs", nargs="*", metavar="INPUT",
+                        help="ROOT or JSON event files: local paths or URLs (root://, s3://, https://)")
+    parser.add_argument("--files-from", action="append", metavar="LIST",
+                        help="also convert the inputs listed in LIST, one path or URL a line (blank "
+                             "lines and # comments skipped; relative paths are relative to LIST's folder)")
     parser.add_argument("--out", required=True, metavar="DIR", help="folder for the Parquet files")
     parser.add_argument("--label", required=True, metavar="NAME",
                         help="process name of every event (the file's only class)")
@@ -41,7 +47,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     executor, part = executor_spec(args), task_slice(args)
     selection = load_selection(args.selection)
-    jobs = plan_jobs(args.inputs, args.out, args.label, args.format, selection, args.step_size)
+    inputs = inputs_of(args.inputs, args.files_from or [])
+    jobs = plan_jobs(inputs, args.out, args.label, args.format, selection, args.step_size)
     try:
         outcome = convert_all(jobs, args.out, executor, skip_bad=args.skip_bad, part=part, progress=None)
     except ConvertFailures as exc:      # the others completed: report them, then each failure

@@ -4,8 +4,9 @@ in contiguous slices for array jobs. One input is converted by
 `engine.data.conversion.one_file.convert_file`.
 
 A run, in order:
-1. `plan_jobs`: one job per input, `DIR/<input stem>.parquet`; two inputs may not share a stem, and
-   no output may be an input.
+1. `plan_jobs`: one job per input, a local path or a URL (`root://`, `s3://`, `https://`),
+   `DIR/<input stem>.parquet`; two inputs may not share a stem, and no output may be an input.
+   `inputs_of` adds the inputs of `--files-from` lists.
 2. The inputs of this run's slice are checked (existence, format, tree, branches, truncation). A bad
    one stops the run before any work, unless `skip_bad`: then it is reported with the failures.
 3. Every existing output of the whole list is examined (`outputs.examine`): one written with other
@@ -20,10 +21,12 @@ the step size changes only how rows are cut into row groups, never the rows.
 """
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from engine.data.canonical.selection import PRESETS, SelectionConfig
+from engine.data.conversion.locations import Source, file_list, input_stem, location, size
 from engine.data.conversion.one_file import (DEFAULT_STEP_SIZE, FORMATS, ConvertJob, ConvertResult,
                                              convert_file, detect_format, known_events, open_reader)
 from engine.data.conversion.outputs import (MISSING, RECORD_NAME, Existing, examine, expected_settings,
@@ -32,8 +35,11 @@ from engine.data.tasks import ExecutorSpec, Failed, Task, TaskSlice, run_tasks
 from engine.errors import InputError
 from engine.files import sweep_temporaries, writable_folder
 
+CHECK_THREADS = 8
+"""Inputs checked at the same time."""
+
 __all__ = ["DEFAULT_STEP_SIZE", "FORMATS", "RECORD_NAME", "ConvertJob", "ConvertResult", "ConvertRun",
-           "ConvertFailures", "Failure", "convert_all", "convert_file", "plan_jobs"]
+           "ConvertFailures", "Failure", "convert_all", "convert_file", "inputs_of", "plan_jobs"]
 
 
 @dataclass(frozen=True)
@@ -82,10 +88,26 @@ class ConvertRun:
     """The record, if this run wrote it."""
 
 
-def plan_jobs(inputs: list[str | Path], out_dir: str | Path, label: str, fmt: str = "auto",
+def inputs_of(inputs: list[str | Source], lists: list[str | Source] = ()) -> list[Source]:
+    """The `inputs`, then the entries of each list file of `lists` (`--files-from`, see
+    engine.data.conversion.locations), in order; InputError for a list that names no input, or
+    if there is no input at all."""
+    found = [location(i) for i in inputs]
+    for listing in lists:
+        entries = file_list(listing)
+        if not entries:
+            raise InputError(location(listing), "lists no input (one path or URL a line)")
+        found.extend(entries)
+    if not found:
+        raise InputError("INPUT", "none given: name files or URLs, or --files-from LIST")
+    return found
+
+
+def plan_jobs(inputs: list[str | Source], out_dir: str | Path, label: str, fmt: str = "auto",
               selection: SelectionConfig | None = None,
               step_size: int = DEFAULT_STEP_SIZE) -> list[ConvertJob]:
-    """One job per input, writing `out_dir/<input stem>.parquet`; two inputs may not share a stem."""
+    """One job per input (a local path or a URL), writing `out_dir/<input stem>.parquet`; two
+    inputs may not share a stem."""
     if fmt not in FORMATS:
         raise InputError(f"--format {fmt}", f"unknown format (known: {', '.join(FORMATS)})")
     if not label or label != label.strip():
@@ -98,10 +120,12 @@ def plan_jobs(inputs: list[str | Path], out_dir: str | Path, label: str, fmt: st
     selection = PRESETS["madrazo2017"] if selection is None else selection
     jobs, seen = [], {}
     written = {(out_dir / RECORD_NAME).resolve()}
-    for source in map(Path, inputs):
-        out = out_dir / f"{source.stem}.parquet"
+    for source in map(location, inputs):
+        if not input_stem(source):
+            raise InputError(source, "names no file (an output is named after its input's file name)")
+        out = out_dir / f"{input_stem(source)}.parquet"
         written.add(out.resolve())
-        if source.resolve() in written:
+        if isinstance(source, Path) and source.resolve() in written:
             raise InputError(source, f"is an input, and this run would overwrite it in {out_dir}")
         if out in seen:
             raise InputError(source, f"would write the same output as {seen[out]} ({out}); rename one")
@@ -111,23 +135,33 @@ def plan_jobs(inputs: list[str | Path], out_dir: str | Path, label: str, fmt: st
 
 
 def check_inputs(jobs: list[ConvertJob], skip_bad: bool = False) -> tuple[list[Checked], list[Failure]]:
-    """Open every input (no event data read). The first bad one raises InputError, unless
+    """Open every input (no event data read), `CHECK_THREADS` at a time (a remote check waits on
+    a few round trips to its server). The first bad one in order raises InputError, unless
     `skip_bad`: then the bad ones come back as failures."""
+    with ThreadPoolExecutor(max(1, min(CHECK_THREADS, len(jobs)))) as pool:
+        outcomes = list(pool.map(_check, jobs))
     checked, failures = [], []
-    for job in jobs:
-        try:
-            reader = open_reader(job.source, job.fmt, job.step_size)
-        except InputError as exc:
-            if not skip_bad:
-                raise
-            failures.append(Failure(str(job.source), exc.source, exc.problem))
-            continue
-        try:
-            checked.append(Checked(replace(job, fmt=reader.format), job.source.stat().st_size,
-                                   known_events(reader)))
-        finally:
-            reader.close()
+    for job, outcome in zip(jobs, outcomes):
+        if isinstance(outcome, Checked):
+            checked.append(outcome)
+        elif not skip_bad:
+            raise outcome
+        else:
+            failures.append(Failure(str(job.source), outcome.source, outcome.problem))
     return checked, failures
+
+
+def _check(job: ConvertJob) -> Checked | InputError:
+    try:
+        reader = open_reader(job.source, job.fmt, job.step_size)
+    except InputError as exc:
+        return exc
+    try:
+        return Checked(replace(job, fmt=reader.format), size(job.source), known_events(reader))
+    except InputError as exc:
+        return exc
+    finally:
+        reader.close()
 
 
 def convert_all(jobs: list[ConvertJob], out_dir: str | Path, executor: ExecutorSpec | None = None,
@@ -159,7 +193,7 @@ def convert_all(jobs: list[ConvertJob], out_dir: str | Path, executor: ExecutorS
     return run
 
 
-def _to_convert(checked: list[Checked], found: dict[Path, Existing], run: ConvertRun) -> list[Checked]:
+def _to_convert(checked: list[Checked], found: dict[Source, Existing], run: ConvertRun) -> list[Checked]:
     """The checked inputs whose output is not done; the others go to `run.skipped`."""
     todo = []
     for item in checked:
@@ -173,7 +207,7 @@ def _to_convert(checked: list[Checked], found: dict[Path, Existing], run: Conver
     return todo
 
 
-def _survey(jobs: list[ConvertJob], checked: dict[Path, Checked]) -> dict[Path, Existing]:
+def _survey(jobs: list[ConvertJob], checked: dict[Source, Checked]) -> dict[Source, Existing]:
     """Every job's output state, by input; InputError for the first written with other settings."""
     found = {}
     for job in jobs:
@@ -193,10 +227,10 @@ def _state(job: ConvertJob, item: Checked | None) -> Existing:
         return MISSING
     try:
         fmt = detect_format(job.source) if job.fmt == "auto" else job.fmt
-        size = job.source.stat().st_size
+        input_bytes = size(job.source)
     except (InputError, OSError):
         return MISSING
-    return examine(job, expected_settings(job, fmt, size))
+    return examine(job, expected_settings(job, fmt, input_bytes))
 
 
 def _convert(todo: list[Checked], executor: ExecutorSpec,
@@ -209,7 +243,7 @@ def _convert(todo: list[Checked], executor: ExecutorSpec,
     return [o for o in outcomes if isinstance(o, ConvertResult)], failures
 
 
-def _finish(jobs: list[ConvertJob], out_dir: Path, found: dict[Path, Existing], run: ConvertRun,
+def _finish(jobs: list[ConvertJob], out_dir: Path, found: dict[Source, Existing], run: ConvertRun,
             skip_bad: bool) -> None:
     """Count the inputs of the whole list still unconverted (looking again at the outputs other runs
     may have written since the survey); write the record if there are none."""

@@ -1,6 +1,9 @@
 """Convert one input file into canonical event Parquet (`convert_file`), the unit of work of
 `engine.data.conversion.convert`.
 
+Inputs are local files or URLs (`root://`, `s3://`, `https://`: engine.data.conversion.locations),
+read the same way: only the needed branches, in chunks.
+
 Formats: `nanoaod` (CMS NanoAOD-style ROOT, tree `Events`), `delphes` (ROOT, tree `Delphes`),
 `json` (the 2017 study's JSON); `auto` looks at the file's first bytes and, for ROOT, its trees.
 The readers (engine.data.conversion.readers_root / readers_json) yield awkward event records in
@@ -29,7 +32,9 @@ from engine.config import to_dict
 from engine.data.canonical.parquet_io import ParquetSink, check_finite
 from engine.data.canonical.schema import ValueRangeError, events_table
 from engine.data.canonical.selection import PRESETS, SelectionConfig, event_mask
+from engine.data.conversion import locations
 from engine.data.conversion.jagged import keep_objects, record_parts
+from engine.data.conversion.locations import Source, input_name, location
 from engine.data.conversion.readers_json import JsonReader
 from engine.data.conversion.readers_root import (DELPHES_TREE, NANOAOD_TREE, DelphesReader, NanoAODReader,
                                                  RootReader, open_tree, tree_names)
@@ -43,9 +48,10 @@ CONVERTER = "engine convert"
 
 @dataclass(frozen=True)
 class ConvertJob:
-    """One input file and everything needed to convert it (picklable, for worker processes)."""
+    """One input file (a local path or a URL) and everything needed to convert it (picklable, for
+    worker processes)."""
 
-    source: Path
+    source: Source
     out: Path
     label: str
     fmt: str = "auto"
@@ -55,7 +61,7 @@ class ConvertJob:
 
 @dataclass(frozen=True)
 class ConvertResult:
-    source: Path
+    source: Source
     out: Path
     fmt: str
     events_read: int
@@ -63,13 +69,10 @@ class ConvertResult:
     seconds: float
 
 
-def detect_format(path: str | Path) -> str:
+def detect_format(path: str | Source) -> str:
     """'nanoaod', 'delphes' or 'json' from the file's first bytes and, for ROOT, its trees."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "is a folder, not a file" if path.is_dir() else "no such file")
-    with open(path, "rb") as f:
-        head = f.read(64)
+    path = location(path)
+    head = locations.head(path, 64)
     if head.startswith(b"root"):
         root, _ = open_tree(path)
         try:
@@ -86,7 +89,7 @@ def detect_format(path: str | Path) -> str:
     raise InputError(path, "empty file" if not head else "neither a ROOT file nor JSON")
 
 
-def open_reader(path: str | Path, fmt: str = "auto", step_size: int = DEFAULT_STEP_SIZE):
+def open_reader(path: str | Source, fmt: str = "auto", step_size: int = DEFAULT_STEP_SIZE):
     """The reader for `path`: checks the file, its tree and branches; reads no event data yet."""
     if fmt not in FORMATS:
         raise InputError(f"--format {fmt}", f"unknown format (known: {', '.join(FORMATS)})")
@@ -141,6 +144,6 @@ def convert_file(job: ConvertJob) -> ConvertResult:
 
 
 def _provenance(job: ConvertJob, reader) -> dict:
-    return {"converter": CONVERTER, "format": reader.format, "input": job.source.name,
-            "input_bytes": job.source.stat().st_size, **reader.provenance(),
+    return {"converter": CONVERTER, "format": reader.format, "input": input_name(job.source),
+            "input_bytes": locations.size(job.source), **reader.provenance(),
             "selection": to_dict(job.selection), "events_read": reader.num_events}

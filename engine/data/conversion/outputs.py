@@ -2,11 +2,11 @@
 
 An existing output is *done* for a job when it opens cleanly (`open_parquet`: metadata, checksums
 of the metadata and row counts, column types) and was written with the job's settings: converter,
-input name and byte size, format, label and selection (`SETTINGS`; not the step size or the
-executor, which do not change the output). A done output is skipped; a missing one is written; one
-that does not open is *damaged* (a writer of this engine never leaves one) and is written again;
-one written with other settings is refused, naming the first differing setting, and never
-overwritten.
+input's file name and byte size (for a URL, the size its server gives), format, label and
+selection (`SETTINGS`; not the step size or the executor, which do not change the output). A done
+output is skipped; a missing one is written; one that does not open is *damaged* (a writer of
+this engine never leaves one) and is written again; one written with other settings is refused,
+naming the first differing setting, and never overwritten.
 
 The record, `RECORD_NAME`, lists every input of the job list in order, with its output, format and
 events read and accepted, taken from the outputs themselves, so it is the same whichever run (or
@@ -20,6 +20,7 @@ from pathlib import Path
 
 from engine.config import to_dict
 from engine.data.canonical.parquet_io import open_parquet
+from engine.data.conversion.locations import input_name
 from engine.data.conversion.one_file import CONVERTER, ConvertJob, ConvertResult
 from engine.errors import InputError
 from engine.files import atomic_path
@@ -45,7 +46,7 @@ MISSING = Existing("missing")
 
 def expected_settings(job: ConvertJob, fmt: str, input_bytes: int) -> dict:
     """The settings an output of `job` records, for an input of format `fmt` and `input_bytes`."""
-    return {"converter": CONVERTER, "input": job.source.name, "input_bytes": input_bytes, "format": fmt,
+    return {"converter": CONVERTER, "input": input_name(job.source), "input_bytes": input_bytes, "format": fmt,
             "label": job.label, "selection": json.loads(json.dumps(to_dict(job.selection)))}
 
 

@@ -9,19 +9,21 @@ fields met, met_phi, run, lumi (and sumet, nummu, numel, njet, xsec, isMC, which
            and becomes btag 0; btagged = CSV > 0.679 (medium working point). good = tightID.
   event    keyed by (run, lumi, event): event is the object key; weight 1.
 
-The file is read whole (JSON cannot be streamed by event without a streaming parser), so memory
-grows with the file; the rest of the pipeline then works in chunks of `step_size` events.
-Converting the parsed objects to arrays is done by awkward's ArrayBuilder (`ak.from_iter`).
+The file, local or behind a URL (engine.data.conversion.locations), is read whole (JSON cannot be
+streamed by event without a streaming parser), so memory grows with the file; the rest of the
+pipeline then works in chunks of `step_size` events. Converting the parsed objects to arrays is
+done by awkward's ArrayBuilder (`ak.from_iter`).
 """
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Iterator
 
 import awkward as ak
 import numpy as np
 
+from engine.data.conversion import locations
+from engine.data.conversion.locations import Source, location
 from engine.data.conversion.readers_root import ELECTRON_MASS_GEV, MUON_MASS_GEV
 from engine.errors import InputError
 
@@ -37,13 +39,10 @@ class JsonReader:
     format = "json"
     tree_name = None
 
-    def __init__(self, path: str | Path, step_size: int):
-        self.path = Path(path)
+    def __init__(self, path: str | Source, step_size: int):
+        self.path = location(path)
         self.step_size = step_size
-        if not self.path.is_file():
-            raise InputError(self.path, "is a folder, not a file" if self.path.is_dir() else "no such file")
-        with open(self.path, "rb") as f:
-            head = f.read(64).lstrip()
+        head = locations.head(self.path, 64).lstrip()
         if not head:
             raise InputError(self.path, "empty file")
         if not head.startswith(b"{"):
@@ -72,10 +71,10 @@ class JsonReader:
                 "lepton_id": "tightID and tightIso", "jet_id": "tightID"}
 
 
-def _load(path: Path) -> dict:
+def _load(path: Source) -> dict:
+    text = locations.content(path)
     try:
-        with open(path, "rb") as f:
-            data = json.load(f)
+        data = json.loads(text)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         where = f" (line {exc.lineno}, column {exc.colno})" if isinstance(exc, json.JSONDecodeError) else ""
         raise InputError(path, f"not valid JSON{where}") from None
@@ -86,7 +85,7 @@ def _load(path: Path) -> dict:
     return data
 
 
-def _to_events(path: Path, data: dict) -> ak.Array:
+def _to_events(path: Source, data: dict) -> ak.Array:
     """Event records (see engine.data.conversion.readers_root) from the parsed JSON object."""
     try:
         numbers = np.array(list(data.keys()), dtype=np.int64)
@@ -113,7 +112,7 @@ def _to_events(path: Path, data: dict) -> ak.Array:
     }, depth_limit=1)
 
 
-def _column(path: Path, records: ak.Array, key: str, what: str, default: float | None = None) -> np.ndarray:
+def _column(path: Source, records: ak.Array, key: str, what: str, default: float | None = None) -> np.ndarray:
     """One numeric field of `records` as a flat numpy array; missing -> default or InputError."""
     if key not in records.fields:
         if default is None and len(records):
@@ -136,7 +135,7 @@ def _column(path: Path, records: ak.Array, key: str, what: str, default: float |
     return out
 
 
-def _collection(path: Path, raw: ak.Array, key: str) -> tuple[np.ndarray, ak.Array]:
+def _collection(path: Source, raw: ak.Array, key: str) -> tuple[np.ndarray, ak.Array]:
     """(counts per event, flat records) of the list `key` of every event; absent -> empty."""
     if key not in raw.fields:
         return np.zeros(len(raw), np.int64), ak.Array([{}])[:0]
@@ -149,11 +148,11 @@ def _collection(path: Path, raw: ak.Array, key: str) -> tuple[np.ndarray, ak.Arr
         raise InputError(path, f"event field '{key}' must be a list of objects") from None
 
 
-def _flag(path: Path, objs: ak.Array, key: str, what: str) -> np.ndarray:
+def _flag(path: Source, objs: ak.Array, key: str, what: str) -> np.ndarray:
     return _column(path, objs, key, what).astype(bool)
 
 
-def _leptons(path: Path, raw: ak.Array, key: str, mass_gev: float) -> ak.Array:
+def _leptons(path: Source, raw: ak.Array, key: str, mass_gev: float) -> ak.Array:
     counts, objs = _collection(path, raw, key)
     fields = {f: _column(path, objs, f, key) for f in LEPTON_REQUIRED}
     fields["mass"] = np.full(len(objs), mass_gev, np.float32)
@@ -162,7 +161,7 @@ def _leptons(path: Path, raw: ak.Array, key: str, mass_gev: float) -> ak.Array:
     return ak.unflatten(ak.zip(fields, depth_limit=1), counts)
 
 
-def _jets(path: Path, raw: ak.Array) -> ak.Array:
+def _jets(path: Source, raw: ak.Array) -> ak.Array:
     counts, objs = _collection(path, raw, "jet")
     fields = {f: _column(path, objs, f, "jet") for f in ("pt", "eta", "phi")}
     fields["mass"] = _column(path, objs, "mass", "jet", default=0.0)

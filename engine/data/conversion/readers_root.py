@@ -41,6 +41,8 @@ import numpy as np
 import uproot
 
 from engine.data.conversion.jagged import first_per_event, jagged_record, list_parts
+from engine.data.conversion.locations import Source, head, location, uproot_source
+from engine.data.remote import URL
 from engine.data.conversion.root_sources import RNTUPLE_CLASSES, NTupleSource, TreeSource
 from engine.errors import InputError
 
@@ -107,18 +109,15 @@ def open_tree(path: str | Path, tree_name: str | None = None):
 
     Missing, empty, non-ROOT and unreadable files, and a missing tree, are InputErrors.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "is a folder, not a file" if path.is_dir() else "no such file")
-    with open(path, "rb") as f:
-        magic = f.read(4)
+    path = location(path)
+    magic = head(path, 4)
     if not magic:
         raise InputError(path, "empty file")
     if magic != b"root":
         raise InputError(path, "not a ROOT file")
     try:
-        # plain reads, not mmap: mapped pages would count as memory in proportion to the file
-        root = uproot.open(path, handler=uproot.MultithreadedFileSource)
+        target, options = uproot_source(path)
+        root = uproot.open(target, **options)
     except ValueError as exc:
         if "not a ROOT file" in str(exc):
             raise InputError(path, "not a ROOT file") from None
@@ -139,9 +138,9 @@ def open_tree(path: str | Path, tree_name: str | None = None):
         raise
 
 
-def _check_length(root, path: Path) -> None:
+def _check_length(root, path: Source) -> None:
     """InputError if the file is shorter than the end its ROOT header records (fEND)."""
-    end, size = int(root.file.fEND), path.stat().st_size
+    end, size = int(root.file.fEND), int(root.file.source.num_bytes)
     if size < end:
         raise InputError(path, f"truncated file: the ROOT header says {end:,} bytes, the file has {size:,}")
 
@@ -243,7 +242,7 @@ class RootReader:
     tree_name = ""
 
     def __init__(self, path: str | Path, step_size: int):
-        self.path = Path(path)
+        self.path = location(path)
         self.step_size = step_size
         use_fast_zlib()
         self._root, tree = open_tree(self.path, self.tree_name)
@@ -290,6 +289,8 @@ class RootReader:
             except StopIteration:
                 return
             except READ_ERRORS as exc:
+                if isinstance(self.path, URL) and isinstance(exc, OSError):    # the server, not the file
+                    raise InputError(self.path, f"cannot read from the server ({_first_line(exc)})") from None
                 raise InputError(self.path, f"cannot read the data, truncated or corrupt? "
                                             f"({_first_line(exc)})") from None
             chunk = Chunk(self.source, chunk, self._per_event())

@@ -34,6 +34,8 @@ import awkward as ak
 import numpy as np
 import xxhash
 
+from engine.data.conversion.locations import open_binary
+from engine.data.conversion.locations import size as input_size
 from engine.errors import InputError
 
 CHECKSUM_BYTES = 8
@@ -60,7 +62,7 @@ class TreeSource:
 
     def check_not_truncated(self, names: list[str]) -> str | None:
         """The problem if a basket of one of `names` lies beyond the end of the file, else None."""
-        size = self.path.stat().st_size
+        size = input_size(self.path)
         for name in names:
             branch = self.tree[name]
             n = int(branch.member("fWriteBasket"))
@@ -106,7 +108,7 @@ class NTupleSource:
     def check_not_truncated(self, names: list[str]) -> str | None:
         """The problem if a page of one of `names` (or of the collections holding it) lies beyond
         the end of the file, else None."""
-        size = self.path.stat().st_size
+        size = input_size(self.path)
         for name in names:
             columns = self._columns(name)
             end = max((p.locator.offset + p.locator.num_bytes + (CHECKSUM_BYTES if p.has_checksum else 0)
@@ -142,7 +144,7 @@ class NTupleSource:
         match its checksum (the xxHash3-64 of the page's bytes, in the 8 bytes after them, as ROOT
         writes it)."""
         pages = self.ntuple.page_link_list
-        with open(self.path, "rb") as f:
+        with open_binary(self.path) as f:
             for cluster in clusters:
                 for column, name in columns.items():
                     for page in (p for p in pages[cluster][column].pages if p.has_checksum):
