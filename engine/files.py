@@ -103,13 +103,19 @@ def _glob_escape(text: str) -> str:
 
 
 def _process_alive(pid: int) -> bool:
+    """Whether `pid` runs; a zombie (dead, not yet reaped: a killed pool worker under an init that
+    does not reap) writes nothing more and counts as dead."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # alive, another user's
         pass
-    return True
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state not in ("Z", "X")
 
 
 def _remove(entry: Path) -> None:
