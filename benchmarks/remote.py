@@ -1,6 +1,6 @@
 """Loader throughput from shards behind a URL (XRootD, S3 on loopback) against the local folder.
 
-    python -m benchmarks.remote --out FILE.json [--quick] [--workers W]
+    python -m benchmarks.remote --out FILE.json [--quick] [--workers W] [--no-convert]
 
 A synthetic ttbar / W+jets / Drell-Yan set is sharded into a temporary folder, served by an
 xrootd server (Debian's xrootd-server) and by moto's S3 server (its own process), both on 127.0.0.1 (as in
@@ -14,6 +14,8 @@ sources take turns over 3 rounds and the best round counts. Records:
   remote_server_events_per_s  params {source, threads}: what the server gives at most: the
                               events in the blocks fetched by bare ranged reads in `threads`
                               threads (no decoding, no batching), over the same time
+  remote_convert_events_per_s, remote_convert_over_local   (benchmarks.remote_convert; not with
+                              --no-convert): `convert` of a NanoAOD file from root:// and local disk
 A source whose server is not installed is a skip with the reason.
 """
 from __future__ import annotations
@@ -107,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=1024)
+    parser.add_argument("--no-convert", action="store_true", help="only the loader figures")
     args = parser.parse_args(argv)
     size = "quick" if args.quick else "full"
     cfg = LoaderConfig(batch_size=args.batch_size, workers=args.workers)
@@ -126,6 +129,11 @@ def main(argv: list[str] | None = None) -> int:
                        source=source) for source in urls]
     records += [record("remote_server_events_per_s", round(rate), "events/s", source=source,
                        threads=cfg.prefetch_blocks) for source, rate in ceilings.items()]
+    if not args.no_convert:
+        from benchmarks.remote_convert import QUICK_EVENTS, convert_rate
+        with tempfile.TemporaryDirectory() as tmp:
+            converted, convert_skips = convert_rate(Path(tmp), QUICK_EVENTS if args.quick else 5 * QUICK_EVENTS)
+        records, skips = records + converted, skips + convert_skips
     write_results(args.out, records, skips)
     print_table(records, skips)
     return 0
