@@ -13,12 +13,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -46,20 +44,30 @@ def write_inputs(folder: Path, events: int) -> Path:
     return folder
 
 
+MEASURE = """
+import json, os, subprocess, sys, time
+start = time.perf_counter()
+proc = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=sys.stderr)
+_, status, usage = os.wait4(proc.pid, 0)
+print(json.dumps([time.perf_counter() - start, os.waitstatus_to_exitcode(status), usage.ru_maxrss]))
+"""
+"""Runs the measured command as the child of a small, fresh Python: a child forked from a large
+process (a test runner) starts with the parent's resident pages, and ru_maxrss would count them."""
+
+
 def run_shard(inputs: Path, out: Path, memory_gb: float, workers: int) -> tuple[float, int]:
-    """(wall seconds, peak RSS in KiB) of one `python -m engine shard` child."""
+    """(wall seconds, peak RSS in KiB, over the shard process and its workers) of one
+    `python -m engine shard` child."""
     args = [sys.executable, "-m", "engine", "shard", "--input", str(inputs), "--out", str(out),
             "--memory-gb", str(memory_gb), "--workers", str(workers)]
     with open(out.parent / "shard.stderr", "w+") as err:
-        start = time.perf_counter()
-        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=err)
-        _, status, usage = os.wait4(proc.pid, 0)
-        seconds = time.perf_counter() - start
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        if proc.returncode:
+        done = subprocess.run([sys.executable, "-c", MEASURE, *args], stdout=subprocess.PIPE, stderr=err,
+                              text=True)
+        seconds, code, rss_kib = json.loads(done.stdout) if done.returncode == 0 else (0, done.returncode, 0)
+        if code:
             err.seek(0)
-            raise RuntimeError(f"shard failed ({proc.returncode}): {err.read()[-500:]}")
-    return seconds, usage.ru_maxrss
+            raise RuntimeError(f"shard failed ({code}): {err.read()[-500:]}")
+    return seconds, rss_kib
 
 
 def check(out: Path, events: int) -> dict:
