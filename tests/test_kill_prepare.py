@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -114,14 +115,16 @@ def _hidden(out: Path) -> list[str]:
 
 @pytest.mark.slow
 def test_killed_generate_leaves_nothing_a_reader_sees(tmp_path):
-    """Killed runs leave complete parts or hidden temporaries, never a dataset a reader takes; the
-    rerun keeps the parts that were complete (untouched) and delivers every event once."""
+    """Killed runs (each from an empty folder, so that the kill falls inside the work) leave complete
+    parts or hidden temporaries, never a dataset a reader takes; after a last kill of the command
+    alone, the rerun keeps the parts that were complete (untouched) and delivers every event once."""
     out = tmp_path / "gen"
     args = ["generate", "--process", "ttbar", "--events", GENERATE_EVENTS, "--task-events", 5,
             "--out", out, "--seed", 3, "--no-progress"]
     killed = left = 0
     for i, delay in enumerate(np.random.default_rng(5).uniform(0.0, 3.0, 3)):
-        killed += _kill_while_writing(args + ["--workers", 2 - i % 2], out, delay, _planned)
+        killed += _kill_while_writing(args + ["--workers", 2 - i % 2], out, delay, _planned,
+                                      before=lambda: shutil.rmtree(out, ignore_errors=True))
         left += bool(_hidden(out)) or not _visible(out)
         for path in _visible(out):
             assert parquet_io.read(path).num_rows == 5
