@@ -24,6 +24,10 @@ from engine.errors import InputError
 from engine.files import make_folder, sweep_temporaries, writable_folder
 
 
+COUNTS = ("pythia_seed", "generated", "accepted", "pythia_tried", "sigma_pb", "sigma_err_pb")
+"""What a part records of its task, listed in the dataset document."""
+
+
 def generate(job: GenerateJob, out_dir: str | Path, executor: ExecutorSpec | None = None,
              tasks: TaskSlice | None = None, progress: bool | None = None) -> dict:
     """Run `job` (or its slice `tasks`) into out_dir/<process>/; returns the summary (see `summarise`)."""
@@ -35,19 +39,26 @@ def generate(job: GenerateJob, out_dir: str | Path, executor: ExecutorSpec | Non
     _check_document(folder, settings)
     existing = _existing_parts(folder, len(quotas))
     mine = tasks.select(len(quotas))
-    todo = [i for i in mine if not _complete(existing.get(i), settings, i, quotas[i])]
+
+    def counts(i: int) -> dict | None:
+        return _part_counts(folder / parts.part_name(i), settings, i, quotas[i])
+
+    found = {i: counts(i) for i in mine if i in existing}
+    todo = [i for i in mine if not found.get(i)]
     parts.write_document(folder, _plan_document(job, settings, len(quotas)))
     sweep_temporaries(folder)
     start = time.perf_counter()
     run = [Task(f"{job.process}-{i:06d}", run_task, (job, i, quotas[i], folder / parts.part_name(i), settings),
                 events=quotas[i]) for i in todo]
     try:
-        run_tasks(run, executor, progress=progress, desc=job.process)
+        results = run_tasks(run, executor, progress=progress, desc=job.process)
     except InputError:
         _forget_if_empty(folder)
         raise
     seconds = time.perf_counter() - start
-    found = {i: _part_counts(folder / parts.part_name(i), settings, i, quotas[i]) for i in range(len(quotas))}
+    found.update((i, {k: result[k] for k in COUNTS}) for i, result in zip(todo, results))
+    found.update((i, counts(i)) for i in range(len(quotas)) if i not in mine)   # other slices' parts
+    found = dict(sorted(found.items()))
     complete = all(found.values())
     if complete:
         parts.write_document(folder, _final_document(job, settings, found))
@@ -91,10 +102,6 @@ def _existing_parts(folder: Path, n_tasks: int) -> dict[int, Path]:
     return found
 
 
-def _complete(path: Path | None, settings: dict, task: int, quota: int) -> bool:
-    return path is not None and _part_counts(path, settings, task, quota) is not None
-
-
 def _part_counts(path: Path, settings: dict, task: int, quota: int) -> dict | None:
     """The counts in a complete part's provenance; None if it is missing or unreadable (it is then
     generated again); InputError if it was written with other settings."""
@@ -111,8 +118,7 @@ def _part_counts(path: Path, settings: dict, task: int, quota: int) -> dict | No
                                f"use another --out")
     if prov.get("task") != task or prov.get("accepted") != quota or pf.metadata.num_rows != quota:
         return None
-    return {k: prov[k] for k in ("pythia_seed", "generated", "accepted", "pythia_tried", "sigma_pb",
-                                 "sigma_err_pb")}
+    return {k: prov[k] for k in COUNTS}
 
 
 def _difference(found, wanted: dict) -> str:

@@ -67,13 +67,6 @@ class ExecutorSpec:
         if self.kind == "local" and (self.scheduler or self.cluster):
             raise InputError("--scheduler/--cluster", "only go with --executor dask")
 
-    def describe(self) -> str:
-        if self.kind == "local":
-            return f"local, {self.workers} worker(s)"
-        if self.scheduler:
-            return f"dask scheduler {self.scheduler}"
-        return f"dask {self.cluster.type} cluster of {self.cluster.workers} ({self.cluster_file})"
-
 
 @dataclass(frozen=True)
 class TaskSlice:
