@@ -235,8 +235,6 @@ def _state(job: ConvertJob, item: Checked | None) -> Existing:
 
 def _convert(todo: list[Checked], executor: ExecutorSpec,
              progress: bool | None) -> tuple[list[ConvertResult], list[Failure]]:
-    if not todo:
-        return [], []
     tasks = [Task(str(item.job.source), convert_file, (item.job,), item.events) for item in todo]
     outcomes = run_tasks(tasks, executor, progress=progress, desc="convert", keep_failures=True)
     failures = [Failure(o.name, o.source, o.problem) for o in outcomes if isinstance(o, Failed)]

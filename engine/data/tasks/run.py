@@ -36,6 +36,8 @@ def run_tasks(tasks: list[Task], spec: ExecutorSpec, progress: bool | None = Non
     """Run every task on `spec`'s executor; results in task order (see the module docstring)."""
     if len({t.name for t in tasks}) != len(tasks):
         raise ValueError("task names must be unique")
+    if not tasks:                     # nothing to run: no pool, no cluster started
+        return []
     with _Progress(tasks, progress, desc) as bar:
         if spec.kind == "dask":
             from engine.data.tasks.dask_backend import run_on_dask
