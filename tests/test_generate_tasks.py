@@ -168,10 +168,10 @@ def test_parts_of_other_settings_are_never_mixed_in(reference, tmp_path, capsys)
     assert code == 2 and "beyond this run's 1 task(s)" in capsys.readouterr().err
 
 
-def _fail_task_one(job, task, quota, path, provenance):
+def _fail_task_one(job, task, *rest):
     if task == 1:
         raise RuntimeError("the worker's disk is full")
-    return _real_run_task(job, task, quota, path, provenance)
+    return _real_run_task(job, task, *rest)
 
 
 _real_run_task = runner.run_task

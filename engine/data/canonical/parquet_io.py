@@ -38,10 +38,11 @@ class ParquetSink:
     Use as a context manager; `write(table)` appends row groups of `ROW_GROUP_ROWS` events.
     """
 
-    def __init__(self, path: str | Path, kind: str, class_names: list[str], provenance: dict):
+    def __init__(self, path: str | Path, kind: str, class_names: list[str], provenance: dict,
+                 pileup: bool = False):
         self.path = Path(path)
-        metadata = schema.make_metadata(kind, class_names, provenance)
-        self.schema = schema.schema_for(kind).with_metadata(metadata)
+        metadata = schema.make_metadata(kind, class_names, provenance, pileup)
+        self.schema = schema.schema_for(kind, pileup).with_metadata(metadata)
         self.rows = 0
         self._row_groups: list[int] = []
         self._ctx = atomic_path(self.path)
@@ -165,10 +166,10 @@ def open_parquet(path: str | Path) -> tuple[CheckedParquetFile, dict]:
         raise InputError(path, "corrupt engine metadata (not valid JSON)") from None
     if meta is None:
         raise InputError(path, "Parquet file has no engine metadata (not written by this engine)")
-    if not isinstance(meta, dict) or meta.get("schema_version") != schema.SCHEMA_VERSION:
+    if not isinstance(meta, dict) or meta.get("schema_version") not in schema.READ_VERSIONS:
         version = meta.get("schema_version") if isinstance(meta, dict) else None
-        raise InputError(path, f"schema version {version} "
-                               f"(this engine reads version {schema.SCHEMA_VERSION})")
+        raise InputError(path, f"schema version {version} (this engine reads versions "
+                               f"{', '.join(map(str, schema.READ_VERSIONS))})")
     footer = pf.metadata.metadata or {}
     if CHECK_KEY in footer:
         _verify_check(pf, footer[CHECK_KEY],
@@ -199,7 +200,7 @@ def _verify_schema(pf: pq.ParquetFile, meta: dict, path: str | Path) -> None:
         raise InputError(path, f"unknown kind {kind!r} in the engine metadata")
     if not isinstance(meta.get("class_names"), list):
         raise InputError(path, "engine metadata has no list of class names")
-    if not pf.schema_arrow.remove_metadata().equals(schema.schema_for(kind)):
+    if not schema.accepts(kind, meta["schema_version"], pf.schema_arrow.remove_metadata()):
         raise InputError(path, f"columns do not have the canonical types of '{kind}' files "
                                f"(corrupt footer or foreign file)")
 

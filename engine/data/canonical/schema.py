@@ -8,6 +8,11 @@ not fit its column's type (a charge of 1000 in int8, a fractional pid, 1e39 in f
 
 Units: GeV for momenta and masses, radians for angles.
 `label` is the index of `process` in the file's `class_names`.
+
+Schema versions: 2 added the event columns `n_interactions` (pileup interactions overlaid) and
+`n_vertices` (reconstructed vertices), which only generation with pileup writes. A file records
+the lowest version that describes it, so event files without those columns are version 1, as
+they always were; readers read both.
 """
 from __future__ import annotations
 
@@ -18,7 +23,9 @@ import awkward as ak
 import numpy as np
 import pyarrow as pa
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""The newest schema version."""
+READ_VERSIONS = (1, 2)
 METADATA_KEY = b"engine"
 ROW_GROUP_ROWS = 65_536
 
@@ -64,16 +71,31 @@ FATJET_SCHEMA = pa.schema(HEADER_FIELDS + [
     pa.field("constituents", _list_of(CONSTITUENT_FIELDS), nullable=False),
 ])
 
+PILEUP_FIELDS = [
+    pa.field("n_interactions", pa.int32(), nullable=False),
+    pa.field("n_vertices", pa.int32(), nullable=False),
+]
+"""Event columns of generation with pileup (schema version 2)."""
+EVENT_PILEUP_SCHEMA = pa.schema(list(EVENT_SCHEMA) + PILEUP_FIELDS)
+
 KINDS = {"events": EVENT_SCHEMA, "fatjets": FATJET_SCHEMA}
 
 
-def schema_for(kind: str) -> pa.Schema:
-    return KINDS[kind]
+def schema_for(kind: str, pileup: bool = False) -> pa.Schema:
+    """The columns of a `kind` file; events with `pileup` have the PILEUP_FIELDS too."""
+    return EVENT_PILEUP_SCHEMA if pileup and kind == "events" else KINDS[kind]
 
 
-def make_metadata(kind: str, class_names: list[str], provenance: dict[str, Any]) -> dict[bytes, bytes]:
+def accepts(kind: str, version: int, columns: pa.Schema) -> bool:
+    """Whether `columns` (without metadata) are those of a `kind` file of schema `version`."""
+    allowed = [KINDS[kind]] + ([EVENT_PILEUP_SCHEMA] if kind == "events" and version >= 2 else [])
+    return any(columns.equals(s) for s in allowed)
+
+
+def make_metadata(kind: str, class_names: list[str], provenance: dict[str, Any],
+                  pileup: bool = False) -> dict[bytes, bytes]:
     """File-level key/value metadata for a Parquet file of `kind` ('events' or 'fatjets')."""
-    doc = {"schema_version": SCHEMA_VERSION, "kind": kind, "class_names": list(class_names),
+    doc = {"schema_version": 2 if pileup else 1, "kind": kind, "class_names": list(class_names),
            "provenance": provenance}
     return {METADATA_KEY: json.dumps(doc, sort_keys=True, default=_json_default).encode()}
 
@@ -95,7 +117,8 @@ def events_table(events: ak.Array, process: str, class_names: list[str]) -> pa.T
     """Canonical event table from an awkward array of event records.
 
     `events` has fields weight, run, lumi, event, met_pt, met_phi and the collections
-    electrons / muons / jets (records with the fields of LEPTON_FIELDS / JET_FIELDS).
+    electrons / muons / jets (records with the fields of LEPTON_FIELDS / JET_FIELDS), and
+    optionally n_interactions and n_vertices (then the table has the PILEUP_FIELDS).
     Collections are sorted by pt descending here; `label` and `process` are filled in.
     """
     n = len(events)
@@ -104,7 +127,11 @@ def events_table(events: ak.Array, process: str, class_names: list[str]) -> pa.T
     columns["met_phi"] = _flat(events.met_phi, pa.float32(), "met_phi")
     for name, fields in COLLECTIONS.items():
         columns[name] = _list_column(sort_by_pt(events[name]), fields, name)
-    return pa.Table.from_pydict(columns, schema=EVENT_SCHEMA)
+    pileup = "n_interactions" in events.fields
+    if pileup:
+        for field in PILEUP_FIELDS:
+            columns[field.name] = _flat(events[field.name], field.type, field.name)
+    return pa.Table.from_pydict(columns, schema=schema_for("events", pileup))
 
 
 def fatjets_table(jets: ak.Array, process: str, class_names: list[str]) -> pa.Table:

@@ -15,6 +15,8 @@ and `python -m engine generate --detector FILE.yaml` changes them.
            hadron, else light; tagged (discriminant > 0.679) with probability 0.70 / 0.20 / 0.015.
   MET      minus the vector sum of visible particles' pt (|eta| < 5), each component smeared
            by 0.5 * sqrt(sum ET) GeV.
+  pileup   (only with overlaid pileup) charged-hadron subtraction before jets and isolation,
+           rho * area jet correction, reconstructed vertices: `PileupResponseConfig`.
 """
 from __future__ import annotations
 
@@ -116,6 +118,39 @@ class FatJetConfig:
 
 
 @dataclass(frozen=True)
+class PileupResponseConfig:
+    """How reconstruction treats overlaid pileup (engine.data.generation.subtraction); used only
+    when pileup is overlaid, so it is no part of a job's settings without pileup."""
+
+    chs: bool = True
+    """Charged-hadron subtraction: charged particles in the tracker whose track z is outside the
+    association window around the primary vertex are removed before jets and isolation."""
+    tracker_abs_eta_max: float = 2.5
+    track_z_resolution_mm: float = 0.1
+    """Gaussian resolution of a track's z at the beam line (CMS, pT of a few GeV, barrel)."""
+    association_window_mm: float = 1.0
+    """A track farther than this from the primary vertex in z belongs to a pileup vertex."""
+    rho_correction: bool = True
+    """Scale each jet by max(0, 1 - rho * area / pt) before smearing and thresholds."""
+    ghost_spacing: float = 0.2
+    """Ghost grid step in eta and phi for jet areas (a ghost holds spacing^2 of area)."""
+    rho_radius: float = 0.4
+    """kt jets whose median pt / area is rho."""
+    rho_abs_eta_max: float = 2.5
+    """rho from the kt jets within this |eta|."""
+    vertex_track_pt_min_gev: float = 0.5
+    vertex_min_tracks: int = 2
+    """An interaction is a reconstructed vertex with this many charged tracks above the pt."""
+    vertex_merge_mm: float = 1.0
+    """Interactions closer than this in z are reconstructed as one vertex."""
+
+    def __post_init__(self):
+        check_positive(self, "tracker_abs_eta_max", "track_z_resolution_mm", "association_window_mm",
+                       "ghost_spacing", "rho_radius", "rho_abs_eta_max", "vertex_min_tracks")
+        check_non_negative(self, "vertex_track_pt_min_gev", "vertex_merge_mm")
+
+
+@dataclass(frozen=True)
 class DetectorConfig:
     """The whole detector response, one section per object."""
 
@@ -124,6 +159,7 @@ class DetectorConfig:
     btag: BTagConfig = field(default_factory=BTagConfig)
     met: MetConfig = field(default_factory=MetConfig)
     fatjets: FatJetConfig = field(default_factory=FatJetConfig)
+    pileup: PileupResponseConfig = field(default_factory=PileupResponseConfig)
 
 
 # ---------------------------------------------------------------- kinematics

@@ -25,8 +25,9 @@ from engine.config import to_dict
 from engine.data.canonical.parquet_io import ParquetSink
 from engine.data.canonical.schema import events_table, fatjets_table
 from engine.data.canonical.selection import SelectionConfig, apply_selection, fatjet_mask
-from engine.data.generation import detector
+from engine.data.generation import detector, pileup, subtraction
 from engine.data.generation.detector import DetectorConfig
+from engine.data.generation.pileup import Overlay, PileupConfig
 from engine.data.generation.processes import Process, get_process, make_pythia, stdout_silenced
 from engine.errors import InputError
 
@@ -49,6 +50,8 @@ class GenerateJob:
     detector: DetectorConfig
     task_events: int = DEFAULT_TASK_EVENTS
     """Accepted rows per task (the last task takes the rest)."""
+    pileup: PileupConfig | None = None
+    """Minimum-bias interactions overlaid on each event; None: none."""
 
     def quotas(self) -> list[int]:
         """Rows of each task: task_events each, the last one the remainder."""
@@ -56,12 +59,21 @@ class GenerateJob:
         return [self.task_events] * full + ([rest] if rest else [])
 
     def settings(self) -> dict:
-        """What makes a part: everything but the number of events (a larger run reuses the parts)."""
-        return {"generator": "pythia8", "generator_version": version("pythia8mc"),
-                "fastjet_version": version("fastjet"), "process": self.process,
-                "process_settings": list(get_process(self.process).settings), "ecm_gev": self.ecm_gev,
-                "seed": self.seed, "task_events": self.task_events,
-                "selection": to_dict(self.selection), "detector": to_dict(self.detector)}
+        """What makes a part: everything but the number of events (a larger run reuses the parts).
+
+        Without pileup, neither the pileup settings nor the detector's pileup response are
+        recorded (they change nothing), so such parts are those written before pileup existed.
+        """
+        found = {"generator": "pythia8", "generator_version": version("pythia8mc"),
+                 "fastjet_version": version("fastjet"), "process": self.process,
+                 "process_settings": list(get_process(self.process).settings), "ecm_gev": self.ecm_gev,
+                 "seed": self.seed, "task_events": self.task_events,
+                 "selection": to_dict(self.selection), "detector": to_dict(self.detector)}
+        if self.pileup is None:
+            del found["detector"]["pileup"]
+        else:
+            found["pileup"] = to_dict(self.pileup)
+        return found
 
 
 # ---------------------------------------------------------------- seeds and shares
@@ -70,6 +82,11 @@ def task_seeds(seed: int, task: int) -> tuple[int, np.random.Generator]:
     """Pythia's Random:seed (1..900000000) and the detector's numpy generator for one task."""
     pythia_ss, numpy_ss = np.random.SeedSequence([seed, task]).spawn(2)
     return int(pythia_ss.generate_state(1)[0]) % 900_000_000 + 1, np.random.default_rng(numpy_ss)
+
+
+def overlay_rng(seed: int, task: int) -> np.random.Generator:
+    """The pileup overlay's generator for one task (the third child of the task's seeds)."""
+    return np.random.default_rng(np.random.SeedSequence([seed, task]).spawn(3)[2])
 
 
 def make_worker_pythia(process: Process, ecm_gev: float, seed: int):
@@ -91,27 +108,32 @@ def _cluster(inputs: ak.Array, radius: float, pt_min: float, with_constituents: 
 
 # ---------------------------------------------------------------- particles
 
-def batch_particles(batch: ak.Array, charge_of: Callable[[np.ndarray], np.ndarray]):
+def batch_particles(batch: ak.Array, charge_of: Callable[[np.ndarray], np.ndarray],
+                    overlay: Overlay | None = None):
     """Pythia's batch -> (E, P) jagged particle records and the flat arrays behind them.
 
     Fields: index (position in the event record), gidx (position in the flat arrays), id, status,
     px, py, pz, e, pt, eta, phi, mass, charge. `mother`/`daughter` are flat global indices (-1: none).
+    With an overlay, each event's pileup particles follow its own, and every particle also has
+    `vertex` (0: the hard interaction) and `z` (its vertex's z, mm).
     """
     prt = batch.prt
     counts = ak.to_numpy(ak.num(prt, axis=1))
-    starts = np.repeat(np.cumsum(counts) - counts, counts)
     flat = {name: ak.to_numpy(ak.flatten(prt[name])) for name in ("id", "status", "mother1", "daughter1",
                                                                  "daughter2")}
-    mom = {name: ak.to_numpy(ak.flatten(prt.p[name])).astype(np.float64) for name in ("px", "py", "pz", "e")}
-    pt, eta, phi, _ = detector.kinematics(mom["px"], mom["py"], mom["pz"], mom["e"])
-    flat.update(mom, pt=pt, eta=eta, phi=phi, mass=ak.to_numpy(ak.flatten(prt.m)),
-                charge=charge_of(flat["id"]), gidx=np.arange(len(pt)),
+    flat.update({name: ak.to_numpy(ak.flatten(prt.p[name])).astype(np.float64)
+                 for name in ("px", "py", "pz", "e")}, mass=ak.to_numpy(ak.flatten(prt.m)))
+    if overlay is not None:
+        flat, counts = pileup.merge(flat, counts, overlay)
+    starts = np.repeat(np.cumsum(counts) - counts, counts)
+    pt, eta, phi, _ = detector.kinematics(flat["px"], flat["py"], flat["pz"], flat["e"])
+    flat.update(pt=pt, eta=eta, phi=phi, charge=charge_of(flat["id"]), gidx=np.arange(len(pt)),
                 index=np.arange(len(pt)) - starts)
     flat["mother"] = np.where(flat["mother1"] > 0, starts + flat["mother1"], -1)
     flat["daughter"] = np.where(flat["daughter1"] > 0, starts + flat["daughter1"], -1)
     flat["daughter_last"] = np.where(flat["daughter2"] > 0, starts + flat["daughter2"], flat["daughter"])
     fields = ("index", "gidx", "id", "status", "px", "py", "pz", "e", "pt", "eta", "phi", "mass",
-              "charge")
+              "charge") + (("vertex",) if overlay is not None else ())
     particles = ak.unflatten(ak.zip({k: flat[k] for k in fields}), counts)
     return particles, flat, counts
 
@@ -128,13 +150,24 @@ def _jagged(mask: np.ndarray, counts: np.ndarray) -> ak.Array:
 # ---------------------------------------------------------------- events
 
 def reconstruct_events(particles: ak.Array, flat: dict, counts: np.ndarray,
-                       cfg: DetectorConfig, rng: np.random.Generator) -> ak.Array:
-    """Detector-level events (E,) with met_pt, met_phi, electrons, muons, jets (unselected)."""
+                       cfg: DetectorConfig, rng: np.random.Generator,
+                       overlay: Overlay | None = None) -> ak.Array:
+    """Detector-level events (E,) with met_pt, met_phi, electrons, muons, jets (unselected).
+
+    With an overlay (pileup in the particles): charged-hadron subtraction before isolation and
+    jets (`cfg.pileup.chs`), the rho * area jet correction (`cfg.pileup.rho_correction`), and
+    the event fields n_interactions and n_vertices. MET uses every visible particle, as
+    particle-flow MET does.
+    """
     visible = _visible(flat, cfg)
-    leptons = _reconstruct_leptons(particles, flat, counts, visible, cfg.leptons, rng)
-    jet_inputs = visible.copy()
+    used = visible
+    if overlay is not None and cfg.pileup.chs:
+        used = visible & ~subtraction.chs_removed(flat, counts, overlay.hard_z, cfg.pileup, rng)
+    leptons = _reconstruct_leptons(particles, flat, counts, used, cfg.leptons, rng)
+    jet_inputs = used.copy()
     jet_inputs[ak.to_numpy(ak.flatten(leptons.gidx))] = False
-    jets = _reconstruct_jets(particles[_jagged(jet_inputs, counts)], cfg.jets, rng)
+    area_cfg = cfg.pileup if overlay is not None and cfg.pileup.rho_correction else None
+    jets = _reconstruct_jets(particles[_jagged(jet_inputs, counts)], cfg.jets, rng, area_cfg)
     is_b = detector.weakly_decaying(detector.heavy_flavour(flat["id"], 5), flat["mother"])
     is_c = detector.weakly_decaying(detector.heavy_flavour(flat["id"], 4), flat["mother"])
     flavour = detector.jet_flavour(jets, particles[_jagged(is_b, counts)], particles[_jagged(is_c, counts)],
@@ -147,12 +180,16 @@ def reconstruct_events(particles: ak.Array, flat: dict, counts: np.ndarray,
     lepton_fields = ("pt", "eta", "phi", "mass", "charge")
     electrons = leptons[abs(leptons.id) == 11]
     muons = leptons[abs(leptons.id) == 13]
-    return ak.zip({
+    fields = {
         "met_pt": met_pt, "met_phi": met_phi,
         "electrons": ak.zip({f: electrons[f] for f in lepton_fields}),
         "muons": ak.zip({f: muons[f] for f in lepton_fields}),
         "jets": ak.zip({f: jets[f] for f in ("pt", "eta", "phi", "mass", "btag", "btagged")}),
-    }, depth_limit=1)
+    }
+    if overlay is not None:
+        fields["n_interactions"] = overlay.n_pileup
+        fields["n_vertices"] = subtraction.count_vertices(flat, counts, cfg.pileup)
+    return ak.zip(fields, depth_limit=1)
 
 
 def _reconstruct_leptons(particles, flat, counts, visible, cfg: detector.LeptonConfig, rng) -> ak.Array:
@@ -173,10 +210,19 @@ def _reconstruct_leptons(particles, flat, counts, visible, cfg: detector.LeptonC
     return ak.with_field(leptons, leptons.pt * factor, "pt")
 
 
-def _reconstruct_jets(inputs: ak.Array, cfg: detector.JetConfig, rng) -> ak.Array:
-    """Anti-kt jets of the inputs, energy-smeared, above cfg.pt_min_gev: jagged pt/eta/phi/mass."""
-    raw = _cluster(ak.zip({"px": inputs.px, "py": inputs.py, "pz": inputs.pz, "E": inputs.e}),
-                   cfg.radius, 0.5 * cfg.pt_min_gev)
+def _reconstruct_jets(inputs: ak.Array, cfg: detector.JetConfig, rng,
+                      area_cfg: detector.PileupResponseConfig | None = None) -> ak.Array:
+    """Anti-kt jets of the inputs, energy-smeared, above cfg.pt_min_gev: jagged pt/eta/phi/mass.
+
+    With `area_cfg`, each jet is first scaled by max(0, 1 - rho * area / pt) (pileup subtraction).
+    """
+    vectors = ak.zip({"px": inputs.px, "py": inputs.py, "pz": inputs.pz, "E": inputs.e})
+    if area_cfg is None:
+        raw = _cluster(vectors, cfg.radius, 0.5 * cfg.pt_min_gev)
+    else:
+        raw, area = subtraction.cluster_with_areas(vectors, "antikt", cfg.radius, 0.5 * cfg.pt_min_gev,
+                                                   cfg.abs_eta_max, area_cfg.ghost_spacing)
+        raw = subtraction.subtract(raw, area, subtraction.rho(vectors, area_cfg))
     n = ak.num(raw, axis=1)
     pt, eta, phi, mass = detector.kinematics(*(ak.to_numpy(ak.flatten(raw[c]))
                                                for c in ("px", "py", "pz", "E")))
@@ -237,17 +283,20 @@ def _higgs_matched(fat: ak.Array, particles, flat, counts, match_dr: float) -> a
 
 # ---------------------------------------------------------------- one task
 
-def run_task(job: GenerateJob, task: int, quota: int, part_path: Path, provenance: dict) -> dict:
+def run_task(job: GenerateJob, task: int, quota: int, part_path: Path, provenance: dict,
+             library: Path | None = None) -> dict:
     """Generate until `quota` rows pass the selection; write them to `part_path` atomically.
 
     `generated` counts the events up to the last one that gave a kept row (the rest of the last
     batch is dropped unused), so accepted / generated is the acceptance. The part's provenance is
     `provenance` plus this task's counts and Pythia's cross-section (pb); they are also returned.
+    With pileup, `library` is the pileup library (engine.data.generation.pileup.ensure_library).
     """
     process = get_process(job.process)
     pythia_seed, rng = task_seeds(job.seed, task)
     pythia = make_worker_pythia(process, job.ecm_gev, pythia_seed)
     charge_of = _charge_lookup(pythia)
+    pile = None if job.pileup is None else (pileup.load_library(library), overlay_rng(job.seed, task))
     tables, generated, accepted = [], 0, 0
     while accepted < quota:
         size = _batch_size(quota - accepted, generated, accepted)
@@ -256,7 +305,7 @@ def run_task(job: GenerateJob, task: int, quota: int, part_path: Path, provenanc
             raise InputError("--ecm", f"Pythia generated no event of process '{process.name}' at "
                                       f"{job.ecm_gev:g} GeV in {size} tries "
                                       f"(too close to its threshold?)")
-        rows = _rows(batch, process, job, rng, charge_of, task, generated, accepted)
+        rows = _rows(batch, process, job, rng, charge_of, task, generated, accepted, pile)
         used = len(batch)
         if len(rows) > quota - accepted:  # events after the last row kept count for nothing
             rows = rows[: quota - accepted]
@@ -268,26 +317,29 @@ def run_task(job: GenerateJob, task: int, quota: int, part_path: Path, provenanc
     counts = {"task": task, "pythia_seed": pythia_seed, "generated": generated, "accepted": accepted,
               "pythia_tried": int(info.nTried()), "sigma_pb": info.sigmaGen() * 1e9,
               "sigma_err_pb": info.sigmaErr() * 1e9}
-    with ParquetSink(part_path, process.kind, [process.name], {**provenance, **counts}) as sink:
+    with ParquetSink(part_path, process.kind, [process.name], {**provenance, **counts},
+                     pileup=job.pileup is not None and process.kind == "events") as sink:
         for table in tables:
             sink.write(table)
     return counts
 
 
 def _rows(batch, process: Process, job: GenerateJob, rng, charge_of, task: int,
-          generated: int, accepted: int) -> ak.Array:
+          generated: int, accepted: int, pile: tuple | None = None) -> ak.Array:
     """Selected rows of one batch with weight, run (1), lumi (task + 1) and event.
 
     `event` numbers the task's generated events from 1 (for fat jets, which can be several per
     event, it numbers the task's jets instead), so (run, lumi, event) is unique in the dataset.
+    `pile` is (library, overlay generator) with pileup, else None.
     """
-    particles, flat, counts = batch_particles(batch, charge_of)
+    overlay = None if pile is None else pileup.draw_overlay(len(batch), job.pileup, pile[0], pile[1])
+    particles, flat, counts = batch_particles(batch, charge_of, overlay)
     if process.kind == "fatjets":
         rows = reconstruct_fatjets(particles, flat, counts, job.detector, job.selection,
                                    require_higgs=process.name == "hbb")
         number = accepted + 1 + np.arange(len(rows))
     else:
-        events = reconstruct_events(particles, flat, counts, job.detector, rng)
+        events = reconstruct_events(particles, flat, counts, job.detector, rng, overlay)
         events = ak.with_field(events, np.arange(len(events)), "ibatch")
         rows = apply_selection(events, job.selection)
         number = generated + 1 + rows.ibatch

@@ -7,6 +7,10 @@ its provenance has this job's settings, its task index and its quota of rows; a 
 other settings is an InputError naming the first difference, never mixed in. A task slice (array
 job) runs only its tasks; whichever run finds every part complete writes the final document, so
 the slices of one job together give the same folder as one run.
+
+With pileup, the pileup library (engine.data.generation.pileup) is made first, in this process,
+under DIR/.pileup/ (hidden, so readers of DIR never list it) or the folder given; every task
+reads it, and later runs with the same seed, energy and library size reuse it.
 """
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ import numpy as np
 
 from engine.data.canonical import parts
 from engine.data.canonical.parquet_io import open_parquet
+from engine.data.generation import pileup
 from engine.data.generation.generate import GenerateJob, run_task
 from engine.data.generation.processes import get_process
 from engine.data.tasks import ExecutorSpec, Task, TaskSlice, run_tasks
@@ -26,14 +31,21 @@ from engine.files import make_folder, sweep_temporaries, writable_folder
 
 COUNTS = ("pythia_seed", "generated", "accepted", "pythia_tried", "sigma_pb", "sigma_err_pb")
 """What a part records of its task, listed in the dataset document."""
+LIBRARY_FOLDER = ".pileup"
+"""Default home of the pileup library inside the output folder."""
 
 
 def generate(job: GenerateJob, out_dir: str | Path, executor: ExecutorSpec | None = None,
-             tasks: TaskSlice | None = None, progress: bool | None = None) -> dict:
-    """Run `job` (or its slice `tasks`) into out_dir/<process>/; returns the summary (see `summarise`)."""
+             tasks: TaskSlice | None = None, progress: bool | None = None,
+             library_folder: str | Path | None = None) -> dict:
+    """Run `job` (or its slice `tasks`) into out_dir/<process>/; returns the summary (see `summarise`).
+
+    `library_folder` holds the pileup library (default out_dir/.pileup).
+    """
     executor = executor or ExecutorSpec()
     tasks = tasks or TaskSlice()
-    folder = _dataset_folder(writable_folder(out_dir), job.process)
+    out_dir = writable_folder(out_dir)
+    folder = _dataset_folder(out_dir, job.process)
     quotas = job.quotas()
     settings = job.settings()
     _check_document(folder, settings)
@@ -48,9 +60,14 @@ def generate(job: GenerateJob, out_dir: str | Path, executor: ExecutorSpec | Non
     parts.write_document(folder, _plan_document(job, settings, len(quotas)))
     sweep_temporaries(folder)
     start = time.perf_counter()
-    run = [Task(f"{job.process}-{i:06d}", run_task, (job, i, quotas[i], folder / parts.part_name(i), settings),
-                events=quotas[i]) for i in todo]
     try:
+        library = None
+        if job.pileup is not None and todo:
+            library = pileup.ensure_library(Path(library_folder or out_dir / LIBRARY_FOLDER),
+                                            job.pileup, job.ecm_gev, job.seed)
+        run = [Task(f"{job.process}-{i:06d}", run_task,
+                    (job, i, quotas[i], folder / parts.part_name(i), settings, library),
+                    events=quotas[i]) for i in todo]
         results = run_tasks(run, executor, progress=progress, desc=job.process)
     except InputError:
         _forget_if_empty(folder)

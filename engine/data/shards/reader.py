@@ -88,11 +88,12 @@ def load_manifest(path: str | Path) -> dict:
         raise InputError(source, f"unreadable manifest ({exc.__class__.__name__})") from None
     if not isinstance(manifest, dict) or manifest.get("format") != SHARD_FORMAT:
         raise InputError(source, f"not a {SHARD_FORMAT} manifest")
-    for key, want in (("format_version", SHARD_FORMAT_VERSION),
-                      ("block_format_version", encoding.FORMAT_VERSION),
-                      ("schema_version", schema.SCHEMA_VERSION)):
-        if manifest.get(key) != want:
-            raise InputError(source, f"{key} {manifest.get(key)} (this engine reads {want})")
+    for key, want in (("format_version", (SHARD_FORMAT_VERSION,)),
+                      ("block_format_version", (encoding.FORMAT_VERSION,)),
+                      ("schema_version", schema.READ_VERSIONS)):
+        if manifest.get(key) not in want:
+            raise InputError(source, f"{key} {manifest.get(key)} (this engine reads "
+                                     f"{', '.join(map(str, want))})")
     validate_manifest(manifest, source)
     return manifest
 
