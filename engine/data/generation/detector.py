@@ -132,10 +132,12 @@ class PileupResponseConfig:
     """A track farther than this from the primary vertex in z belongs to a pileup vertex."""
     rho_correction: bool = True
     """Scale each jet by max(0, 1 - rho * area / pt) before smearing and thresholds."""
-    ghost_spacing: float = 0.2
-    """Ghost grid step in eta and phi for jet areas (a ghost holds spacing^2 of area)."""
+    ghost_spacing: float = 0.1
+    """Ghost grid step in eta and phi for the jets' areas (a ghost holds spacing^2 of area)."""
     rho_radius: float = 0.4
     """kt jets whose median pt / area is rho."""
+    rho_ghost_spacing: float = 0.25
+    """Ghost grid step for the kt jets' areas (the whole grid is clustered: coarser)."""
     rho_abs_eta_max: float = 2.5
     """rho from the kt jets within this |eta|."""
     vertex_track_pt_min_gev: float = 0.5
@@ -146,7 +148,7 @@ class PileupResponseConfig:
 
     def __post_init__(self):
         check_positive(self, "tracker_abs_eta_max", "track_z_resolution_mm", "association_window_mm",
-                       "ghost_spacing", "rho_radius", "rho_abs_eta_max", "vertex_min_tracks")
+                       "ghost_spacing", "rho_radius", "rho_ghost_spacing", "rho_abs_eta_max", "vertex_min_tracks")
         check_non_negative(self, "vertex_track_pt_min_gev", "vertex_merge_mm")
 
 

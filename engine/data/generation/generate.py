@@ -13,7 +13,7 @@ skips the complete ones, runs the others on an executor and lists the parts.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib.metadata import version
 from pathlib import Path
 from typing import Callable
@@ -24,7 +24,8 @@ import numpy as np
 from engine.config import to_dict
 from engine.data.canonical.parquet_io import ParquetSink
 from engine.data.canonical.schema import events_table, fatjets_table
-from engine.data.canonical.selection import SelectionConfig, apply_selection, fatjet_mask
+from engine.data.canonical.selection import (SelectionConfig, apply_selection, event_mask, fatjet_mask,
+                                             select_objects)
 from engine.data.generation import detector, pileup, subtraction
 from engine.data.generation.detector import DetectorConfig
 from engine.data.generation.pileup import Overlay, PileupConfig
@@ -123,12 +124,12 @@ def batch_particles(batch: ak.Array, charge_of: Callable[[np.ndarray], np.ndarra
                                                                  "daughter2")}
     flat.update({name: ak.to_numpy(ak.flatten(prt.p[name])).astype(np.float64)
                  for name in ("px", "py", "pz", "e")}, mass=ak.to_numpy(ak.flatten(prt.m)))
+    pt, eta, phi, _ = detector.kinematics(flat["px"], flat["py"], flat["pz"], flat["e"])
+    flat.update(pt=pt, eta=eta, phi=phi, charge=charge_of(flat["id"]))
     if overlay is not None:
         flat, counts = pileup.merge(flat, counts, overlay)
     starts = np.repeat(np.cumsum(counts) - counts, counts)
-    pt, eta, phi, _ = detector.kinematics(flat["px"], flat["py"], flat["pz"], flat["e"])
-    flat.update(pt=pt, eta=eta, phi=phi, charge=charge_of(flat["id"]), gidx=np.arange(len(pt)),
-                index=np.arange(len(pt)) - starts)
+    flat.update(gidx=np.arange(len(starts)), index=np.arange(len(starts)) - starts)
     flat["mother"] = np.where(flat["mother1"] > 0, starts + flat["mother1"], -1)
     flat["daughter"] = np.where(flat["daughter1"] > 0, starts + flat["daughter1"], -1)
     flat["daughter_last"] = np.where(flat["daughter2"] > 0, starts + flat["daughter2"], flat["daughter"])
@@ -151,13 +152,15 @@ def _jagged(mask: np.ndarray, counts: np.ndarray) -> ak.Array:
 
 def reconstruct_events(particles: ak.Array, flat: dict, counts: np.ndarray,
                        cfg: DetectorConfig, rng: np.random.Generator,
-                       overlay: Overlay | None = None) -> ak.Array:
+                       overlay: Overlay | None = None, selection: SelectionConfig | None = None) -> ak.Array:
     """Detector-level events (E,) with met_pt, met_phi, electrons, muons, jets (unselected).
 
     With an overlay (pileup in the particles): charged-hadron subtraction before isolation and
     jets (`cfg.pileup.chs`), the rho * area jet correction (`cfg.pileup.rho_correction`), and
     the event fields n_interactions and n_vertices. MET uses every visible particle, as
-    particle-flow MET does.
+    particle-flow MET does. With an overlay and a `selection`, events whose leptons fail the
+    selection get no jets (the selection drops them whatever their jets), which spares their
+    clustering with ghosts.
     """
     visible = _visible(flat, cfg)
     used = visible
@@ -167,7 +170,12 @@ def reconstruct_events(particles: ak.Array, flat: dict, counts: np.ndarray,
     jet_inputs = used.copy()
     jet_inputs[ak.to_numpy(ak.flatten(leptons.gidx))] = False
     area_cfg = cfg.pileup if overlay is not None and cfg.pileup.rho_correction else None
-    jets = _reconstruct_jets(particles[_jagged(jet_inputs, counts)], cfg.jets, rng, area_cfg)
+    inputs = particles[_jagged(jet_inputs, counts)]
+    if overlay is None or selection is None:
+        jets = _reconstruct_jets(inputs, cfg.jets, rng, area_cfg)
+    else:
+        needed = _lepton_preselection(leptons, selection)
+        jets = _scatter(_reconstruct_jets(inputs[needed], cfg.jets, rng, area_cfg), needed)
     is_b = detector.weakly_decaying(detector.heavy_flavour(flat["id"], 5), flat["mother"])
     is_c = detector.weakly_decaying(detector.heavy_flavour(flat["id"], 4), flat["mother"])
     flavour = detector.jet_flavour(jets, particles[_jagged(is_b, counts)], particles[_jagged(is_c, counts)],
@@ -190,6 +198,21 @@ def reconstruct_events(particles: ak.Array, flat: dict, counts: np.ndarray,
         fields["n_interactions"] = overlay.n_pileup
         fields["n_vertices"] = subtraction.count_vertices(flat, counts, cfg.pileup)
     return ak.zip(fields, depth_limit=1)
+
+
+def _lepton_preselection(leptons: ak.Array, selection: SelectionConfig) -> np.ndarray:
+    """(E,) bool: events whose reconstructed leptons pass the selection's lepton cuts."""
+    cuts = replace(selection, n_jets_min=0)
+    events = ak.zip({"electrons": leptons[abs(leptons.id) == 11], "muons": leptons[abs(leptons.id) == 13],
+                     "jets": leptons[:, :0]}, depth_limit=1)
+    return event_mask(select_objects(events, cuts), cuts)
+
+
+def _scatter(objects: ak.Array, where: np.ndarray) -> ak.Array:
+    """Jagged objects of the events `where` (E,) bool selects, back in all E events (empty elsewhere)."""
+    counts = np.zeros(len(where), dtype=np.int64)
+    counts[where] = ak.to_numpy(ak.num(objects, axis=1))
+    return ak.unflatten(ak.flatten(objects), counts)
 
 
 def _reconstruct_leptons(particles, flat, counts, visible, cfg: detector.LeptonConfig, rng) -> ak.Array:
@@ -220,8 +243,8 @@ def _reconstruct_jets(inputs: ak.Array, cfg: detector.JetConfig, rng,
     if area_cfg is None:
         raw = _cluster(vectors, cfg.radius, 0.5 * cfg.pt_min_gev)
     else:
-        raw, area = subtraction.cluster_with_areas(vectors, "antikt", cfg.radius, 0.5 * cfg.pt_min_gev,
-                                                   cfg.abs_eta_max, area_cfg.ghost_spacing)
+        raw, area = subtraction.antikt_with_areas(vectors, cfg.radius, 0.5 * cfg.pt_min_gev,
+                                                  cfg.abs_eta_max, area_cfg.ghost_spacing)
         raw = subtraction.subtract(raw, area, subtraction.rho(vectors, area_cfg))
     n = ak.num(raw, axis=1)
     pt, eta, phi, mass = detector.kinematics(*(ak.to_numpy(ak.flatten(raw[c]))
@@ -296,7 +319,7 @@ def run_task(job: GenerateJob, task: int, quota: int, part_path: Path, provenanc
     pythia_seed, rng = task_seeds(job.seed, task)
     pythia = make_worker_pythia(process, job.ecm_gev, pythia_seed)
     charge_of = _charge_lookup(pythia)
-    pile = None if job.pileup is None else (pileup.load_library(library), overlay_rng(job.seed, task))
+    pile = None if job.pileup is None else (pileup.load_library(library, charge_of), overlay_rng(job.seed, task))
     tables, generated, accepted = [], 0, 0
     while accepted < quota:
         size = _batch_size(quota - accepted, generated, accepted)
@@ -339,7 +362,7 @@ def _rows(batch, process: Process, job: GenerateJob, rng, charge_of, task: int,
                                    require_higgs=process.name == "hbb")
         number = accepted + 1 + np.arange(len(rows))
     else:
-        events = reconstruct_events(particles, flat, counts, job.detector, rng, overlay)
+        events = reconstruct_events(particles, flat, counts, job.detector, rng, overlay, job.selection)
         events = ak.with_field(events, np.arange(len(events)), "ibatch")
         rows = apply_selection(events, job.selection)
         number = generated + 1 + rows.ibatch

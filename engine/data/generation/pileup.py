@@ -23,6 +23,7 @@ import warnings
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
+from typing import Callable
 
 import awkward as ak
 import numpy as np
@@ -30,6 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from engine.config import check_positive
+from engine.data.generation.detector import kinematics
 from engine.data.generation.processes import Process, make_pythia
 from engine.errors import InputError
 from engine.files import atomic_path, make_folder
@@ -147,7 +149,8 @@ def _library_problem(path: Path, settings: dict) -> str | None:
 
 @dataclass(frozen=True)
 class Library:
-    """Flat particle arrays of the library's events: `fields[name]` (P,), event offsets (N + 1,)."""
+    """Flat particle arrays of the library's events: `fields[name]` (P,) for LIBRARY_FIELDS and
+    pt, eta, phi, charge; event offsets (N + 1,)."""
 
     fields: dict
     offsets: np.ndarray
@@ -157,8 +160,9 @@ class Library:
         return len(self.offsets) - 1
 
 
-def load_library(path: Path) -> Library:
-    """Read a library written by `ensure_library` (pages verified)."""
+def load_library(path: Path, charge_of: Callable[[np.ndarray], np.ndarray]) -> Library:
+    """Read a library written by `ensure_library` (pages verified); `charge_of` maps PDG ids to
+    charges."""
     try:
         table = pq.ParquetFile(path, page_checksum_verification=True).read()
     except (OSError, pa.ArrowException, ValueError) as exc:
@@ -169,6 +173,8 @@ def load_library(path: Path) -> Library:
     flat = ak.flatten(particles)
     fields = {k: ak.to_numpy(flat[k]).astype(np.int64 if k == "id" else np.float64)
               for k in LIBRARY_FIELDS}
+    pt, eta, phi, _ = kinematics(fields["px"], fields["py"], fields["pz"], fields["e"])
+    fields.update(pt=pt, eta=eta, phi=phi, charge=charge_of(fields["id"]))
     return Library(fields, offsets)
 
 
@@ -209,7 +215,8 @@ def merge(flat: dict, counts: np.ndarray, overlay: Overlay) -> tuple[dict, np.nd
     """Append each event's pileup particles after its own: the merged flat arrays and counts.
 
     `flat` holds the hard events' arrays id, status, mother1, daughter1, daughter2, px, py, pz,
-    e, mass (local mother/daughter indices stay valid: hard particles keep their places). Pileup
+    e, mass, pt, eta, phi, charge (local mother/daughter indices stay valid: hard particles keep
+    their places). Pileup
     particles get status 1, no mother or daughter; every particle gets `vertex` (0: hard) and `z`.
     """
     total = counts + overlay.counts

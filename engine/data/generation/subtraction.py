@@ -10,6 +10,8 @@ clustering for all events of the batch).
   areas     FastJet's Python awkward interface has no jet areas, so a grid of ghosts (pt 1e-100
             GeV, one per spacing x spacing cell over the calorimeter's |eta|) is clustered with
             the particles; a jet's area is the number of ghosts it holds times the cell's area.
+            Anti-kt jets get only the ghosts near them (`antikt_with_areas`); the kt jets of rho
+            get the whole grid, coarser, within the |eta| where rho is measured.
   rho       the median of pt / area over the kt (R = 0.4) jets of the event within |eta| < 2.5,
             ghost-only jets included (Cacciari and Salam's estimate); jets are scaled by
             max(0, 1 - rho * area / pt).
@@ -19,11 +21,12 @@ clustering for all events of the batch).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import awkward as ak
 import numpy as np
 
-from engine.data.generation.detector import PileupResponseConfig
+from engine.data.generation.detector import PileupResponseConfig, kinematics
 
 GHOST_PT_GEV = 1e-100
 
@@ -43,41 +46,91 @@ def chs_removed(flat: dict, counts: np.ndarray, hard_z: np.ndarray, cfg: PileupR
     return removed
 
 
-def ghost_grid(abs_eta_max: float, spacing: float) -> tuple[dict, float]:
-    """Ghost four-momenta (G,) px/py/pz/E at the centres of a grid over |eta| < abs_eta_max, and
-    the area of one cell."""
-    n_eta = max(1, int(math.ceil(2 * abs_eta_max / spacing - 1e-9)))
-    n_phi = max(1, int(round(2 * math.pi / spacing)))
-    d_eta, d_phi = 2 * abs_eta_max / n_eta, 2 * math.pi / n_phi
-    eta, phi = np.meshgrid(-abs_eta_max + d_eta * (np.arange(n_eta) + 0.5),
-                           -math.pi + d_phi * (np.arange(n_phi) + 0.5), indexing="ij")
-    eta, phi = eta.ravel(), phi.ravel()
-    ghosts = {"px": GHOST_PT_GEV * np.cos(phi), "py": GHOST_PT_GEV * np.sin(phi),
-              "pz": GHOST_PT_GEV * np.sinh(eta), "E": GHOST_PT_GEV * np.cosh(eta)}
-    return ghosts, d_eta * d_phi
+@dataclass(frozen=True)
+class GhostGrid:
+    """Ghosts at the centres of an (n_eta, n_phi) grid over |eta| < abs_eta_max; cell (i, k) is
+    ghost i * n_phi + k."""
+
+    abs_eta_max: float
+    n_eta: int
+    n_phi: int
+
+    @classmethod
+    def make(cls, abs_eta_max: float, spacing: float) -> "GhostGrid":
+        return cls(abs_eta_max, max(1, int(math.ceil(2 * abs_eta_max / spacing - 1e-9))),
+                   max(1, int(round(2 * math.pi / spacing))))
+
+    @property
+    def d_eta(self) -> float:
+        return 2 * self.abs_eta_max / self.n_eta
+
+    @property
+    def d_phi(self) -> float:
+        return 2 * math.pi / self.n_phi
+
+    @property
+    def cell_area(self) -> float:
+        return self.d_eta * self.d_phi
+
+    def centres(self) -> tuple[np.ndarray, np.ndarray]:
+        """eta, phi (G,) of every ghost."""
+        eta, phi = np.meshgrid(-self.abs_eta_max + self.d_eta * (np.arange(self.n_eta) + 0.5),
+                               -math.pi + self.d_phi * (np.arange(self.n_phi) + 0.5), indexing="ij")
+        return eta.ravel(), phi.ravel()
+
+    def near(self, eta: np.ndarray, phi: np.ndarray, owner: np.ndarray, reach: float) -> np.ndarray:
+        """Keys owner * G + ghost (sorted, unique) of the ghosts within `reach` of each point."""
+        m_eta, m_phi = int(math.ceil(reach / self.d_eta)) + 1, int(math.ceil(reach / self.d_phi)) + 1
+        di, dk = (a.ravel() for a in np.meshgrid(np.arange(-m_eta, m_eta + 1), np.arange(-m_phi, m_phi + 1),
+                                                 indexing="ij"))
+        i0 = np.floor((eta + self.abs_eta_max) / self.d_eta).astype(np.int64)
+        k0 = np.floor((phi + math.pi) / self.d_phi).astype(np.int64)
+        i, k = i0[:, None] + di, (k0[:, None] + dk) % self.n_phi
+        g_eta = -self.abs_eta_max + self.d_eta * (i + 0.5)
+        g_phi = -math.pi + self.d_phi * (k + 0.5)
+        dphi = (g_phi - phi[:, None] + math.pi) % (2 * math.pi) - math.pi
+        inside = (i >= 0) & (i < self.n_eta) & (np.hypot(g_eta - eta[:, None], dphi) < reach)
+        keys = (owner[:, None] * (self.n_eta * self.n_phi) + i * self.n_phi + k)[inside]
+        return np.unique(keys)
 
 
-def _with_ghosts(inputs: ak.Array, ghosts: dict) -> ak.Array:
-    """(E, P) px/py/pz/E records with the same ghosts appended to every event."""
-    n_events, n_ghosts = len(inputs), len(ghosts["px"])
-    grid = ak.unflatten(ak.zip({k: np.tile(v, n_events) for k, v in ghosts.items()}),
-                        np.full(n_events, n_ghosts))
-    return ak.concatenate([inputs, grid], axis=1)
+def _ghost_vectors(eta: np.ndarray, phi: np.ndarray) -> dict:
+    return {"px": GHOST_PT_GEV * np.cos(phi), "py": GHOST_PT_GEV * np.sin(phi),
+            "pz": GHOST_PT_GEV * np.sinh(eta), "E": GHOST_PT_GEV * np.cosh(eta)}
 
 
-def cluster_with_areas(inputs: ak.Array, algorithm: str, radius: float, pt_min: float,
-                       abs_eta_max: float, spacing: float) -> tuple[ak.Array, ak.Array]:
-    """Jets (E, J) px/py/pz/E of `inputs` (E, P) px/py/pz/E records, and their areas (E, J)."""
+def _cluster_counting_ghosts(inputs: ak.Array, ghosts: ak.Array, definition, pt_min: float,
+                             cell_area: float) -> tuple[ak.Array, ak.Array]:
+    """Jets of inputs + ghosts (both (E, .) px/py/pz/E records) and their areas (E, J)."""
     import fastjet
 
-    ghosts, cell = ghost_grid(abs_eta_max, spacing)
-    definition = fastjet.JetDefinition(getattr(fastjet, f"{algorithm}_algorithm"), radius)
-    sequence = fastjet.ClusterSequence(_with_ghosts(inputs, ghosts), definition)
+    sequence = fastjet.ClusterSequence(ak.concatenate([inputs, ghosts], axis=1), definition)
     jets = sequence.inclusive_jets(pt_min)
     index = sequence.constituent_index(pt_min)
-    n_real = ak.num(inputs, axis=1)
-    area = ak.sum(index >= n_real, axis=2) * cell
+    area = ak.sum(index >= ak.num(inputs, axis=1), axis=2) * cell_area
     return jets, area
+
+
+def antikt_with_areas(inputs: ak.Array, radius: float, pt_min: float, abs_eta_max: float,
+                      spacing: float) -> tuple[ak.Array, ak.Array]:
+    """Anti-kt jets (E, J) px/py/pz/E above pt_min of `inputs` (E, P) px/py/pz/E, and their areas.
+
+    The particles are clustered once without ghosts to find the jets, then again with the
+    ghosts of the grid that lie within 1.5 R of those jets: a jet's ghosts lie within about R of
+    its axis, and ghosts, infinitely soft, change no jet, so the others are not needed.
+    """
+    import fastjet
+
+    definition = fastjet.JetDefinition(fastjet.antikt_algorithm, radius)
+    found = fastjet.ClusterSequence(inputs, definition).inclusive_jets(pt_min)
+    pt, eta, phi, _ = kinematics(*(ak.to_numpy(ak.flatten(found[c])) for c in ("px", "py", "pz", "E")))
+    grid = GhostGrid.make(abs_eta_max, spacing)
+    owner = np.repeat(np.arange(len(found)), ak.to_numpy(ak.num(found, axis=1)))
+    keys = grid.near(eta, phi, owner, 1.5 * radius)
+    g_eta, g_phi = (c[keys % (grid.n_eta * grid.n_phi)] for c in grid.centres())
+    per_event = np.bincount(keys // (grid.n_eta * grid.n_phi), minlength=len(found))
+    ghosts = ak.unflatten(ak.zip(_ghost_vectors(g_eta, g_phi)), per_event)
+    return _cluster_counting_ghosts(inputs, ghosts, definition, pt_min, grid.cell_area)
 
 
 def rho(inputs: ak.Array, cfg: PileupResponseConfig) -> np.ndarray:
@@ -89,8 +142,16 @@ def rho(inputs: ak.Array, cfg: PileupResponseConfig) -> np.ndarray:
     reach = cfg.rho_abs_eta_max + cfg.rho_radius
     pt = np.hypot(inputs.px, inputs.py)
     eta = np.arcsinh(inputs.pz / np.maximum(pt, 1e-300))
-    jets, area = cluster_with_areas(inputs[abs(eta) < reach], "kt", cfg.rho_radius, 0.0, reach,
-                                    cfg.ghost_spacing)
+    import fastjet
+
+    grid = GhostGrid.make(reach, cfg.rho_ghost_spacing)
+    g_eta, g_phi = grid.centres()
+    n_events = len(inputs)
+    ghosts = ak.unflatten(ak.zip(_ghost_vectors(np.tile(g_eta, n_events), np.tile(g_phi, n_events))),
+                          np.full(n_events, len(g_eta)))
+    definition = fastjet.JetDefinition(fastjet.kt_algorithm, cfg.rho_radius)
+    jets, area = _cluster_counting_ghosts(inputs[abs(eta) < reach], ghosts, definition, 0.0,
+                                          grid.cell_area)
     jet_pt = np.hypot(jets.px, jets.py)
     jet_eta = np.arcsinh(jets.pz / np.maximum(jet_pt, 1e-300))
     used = (abs(jet_eta) < cfg.rho_abs_eta_max) & (area > 0)
