@@ -139,7 +139,10 @@ def _part_counts(path: Path, settings: dict, task: int, quota: int) -> dict | No
 
 
 def _difference(found, wanted: dict) -> str:
+    """The first difference, as `key old -> new`: a key only one side has first, then values."""
     found = found if isinstance(found, dict) else {}
+    for key in [k for k in wanted if k not in found] + [k for k in found if k not in wanted]:
+        return f"{key} {found.get(key)} -> {wanted.get(key)}"
     for key in wanted:
         if found.get(key) != wanted[key]:
             old, new = found.get(key), wanted[key]

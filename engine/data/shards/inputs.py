@@ -95,10 +95,11 @@ def _slices(ordinal: int, path: Path, pf) -> list[Slice]:
 def read_slice(piece: Slice, class_names: list[str]) -> Iterator[tuple[int, pa.Table]]:
     """(row of the first event in its file, table) per row group of `piece`, labels relabelled
     into `class_names`, without schema metadata."""
-    pf, _ = parquet_io.open_parquet(piece.path)
+    pf, meta = parquet_io.open_parquet(piece.path)
+    columns = schema.schema_for(meta["kind"]).names               # the columns shards carry
     row = piece.first_row
     for group in range(piece.first_group, piece.end_group):   # iter_batches keeps what it read
-        table = pf.read_row_group(group).replace_schema_metadata(None)
+        table = pf.read_row_group(group, columns=columns).replace_schema_metadata(None)
         parquet_io.check_finite(table, piece.path)            # NaN would be stored as eta = phi = 0
         yield row, _relabel(table, class_names, piece.path)
         row += table.num_rows
