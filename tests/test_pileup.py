@@ -77,6 +77,12 @@ def test_same_seed_same_bytes_for_one_and_two_workers_and_rerun_skips(tmp_path, 
     events = ak.from_arrow(pq.read_table(tmp_path / "1" / "dy" / "part-000000.parquet"))
     assert events.fields[-2:] == ["n_interactions", "n_vertices"]
     assert ak.all(events.n_vertices >= 1) and ak.all(events.n_vertices <= events.n_interactions + 1)
+    plain = ["--process", "wjets", "--events", "6", "--seed", "5", "--no-progress"]
+    assert main(["generate", *plain, "--out", str(tmp_path / "plain")]) == 0
+    capsys.readouterr()        # events with and without pileup columns shard together
+    assert main(["shard", "--input", str(tmp_path / "1"), str(tmp_path / "plain"), "--out",
+                 str(tmp_path / "shards"), "--split", "0.5,0.25,0.25"]) == 0
+    assert main(["inspect", str(tmp_path / "shards")]) == 0
 
 
 def test_pileup_zero_is_byte_identical_to_no_flag_and_writes_version_1(tmp_path):
@@ -319,3 +325,13 @@ def test_jobs_with_pileup_generate_fat_jets_too(tmp_path, library_folder):
     assert summary["accepted"] == 3
     _, meta = open_parquet(Path(summary["path"]) / "part-000000.parquet")
     assert meta["schema_version"] == 1 and meta["provenance"]["pileup"]["mu"] == 3.0
+
+
+def test_prompt_leptons_come_from_a_w_or_z_through_their_own_copies():
+    from benchmarks.pileup_physics import prompt_leptons
+
+    #        0 W   1 e (copy parent)  2 e final  3 B   4 mu from B   5 pileup e   6 soft e from W
+    flat = {"id": np.array([24, 11, 11, 511, 13, 11, -11]), "status": np.array([-22, -51, 1, -91, 1, 1, 1]),
+            "mother": np.array([-1, 0, 1, -1, 3, -1, 0]), "pt": np.array([0, 40, 38, 0, 30, 25, 5.0]),
+            "eta": np.zeros(7)}
+    assert prompt_leptons(flat, 20.0, 2.4).tolist() == [False, False, True, False, False, False, False]

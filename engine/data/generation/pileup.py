@@ -52,6 +52,7 @@ class Era:
     mu: float
     sigma_z_mm: float
     ecm_gev: float
+    """The era's proton-proton energy."""
 
 
 PROFILES = {"2011": Era(mu=9.0, sigma_z_mm=56.0, ecm_gev=7000.0),
@@ -76,8 +77,8 @@ class PileupConfig:
 
 
 def era_for(ecm_gev: float) -> Era:
-    """The era of an energy: 2011 up to 8 TeV, 2015 above."""
-    return PROFILES["2011"] if ecm_gev <= 8000.0 else PROFILES["2015"]
+    """The era whose energy is nearest `ecm_gev` (7 and 8 TeV: 2011; 13 TeV: 2015)."""
+    return min(PROFILES.values(), key=lambda era: abs(era.ecm_gev - ecm_gev))
 
 
 # ---------------------------------------------------------------- the library
