@@ -335,3 +335,19 @@ def test_prompt_leptons_come_from_a_w_or_z_through_their_own_copies():
             "mother": np.array([-1, 0, 1, -1, 3, -1, 0]), "pt": np.array([0, 40, 38, 0, 30, 25, 5.0]),
             "eta": np.zeros(7)}
     assert prompt_leptons(flat, 20.0, 2.4).tolist() == [False, False, True, False, False, False, False]
+
+
+def test_events_whose_leptons_fail_the_selection_get_no_jets(hard):
+    batch, library, charge_of = hard
+    overlay = pileup.draw_overlay(len(batch), pileup.PileupConfig(mu=2.0, sigma_z_mm=56.0), library,
+                                  np.random.default_rng(1))
+    particles, flat, counts = batch_particles(batch, charge_of, overlay)
+    one_lepton = load_selection("madrazo2017")
+    events = reconstruct_events(particles, flat, counts, DetectorConfig(), np.random.default_rng(1), overlay,
+                                one_lepton)
+    every = reconstruct_events(particles, flat, counts, DetectorConfig(), np.random.default_rng(1), overlay)
+    n_lep = ak.num(events.electrons) + ak.num(events.muons)
+    assert ak.any(ak.num(every.jets) > 0) and ak.all(ak.num(events.jets)[n_lep == 0] == 0)
+    nobody = dataclasses.replace(one_lepton, n_leptons_min=5, n_leptons_max=-1)
+    none = reconstruct_events(particles, flat, counts, DetectorConfig(), np.random.default_rng(1), overlay, nobody)
+    assert len(none) == len(batch) and ak.sum(ak.num(none.jets)) == 0
