@@ -351,3 +351,13 @@ def test_events_whose_leptons_fail_the_selection_get_no_jets(hard):
     nobody = dataclasses.replace(one_lepton, n_leptons_min=5, n_leptons_max=-1)
     none = reconstruct_events(particles, flat, counts, DetectorConfig(), np.random.default_rng(1), overlay, nobody)
     assert len(none) == len(batch) and ak.sum(ak.num(none.jets)) == 0
+
+
+def test_the_demo_passes_its_pileup_to_generate_and_records_it_only_when_set(tmp_path, capsys):
+    from engine.commands.demo import data_steps
+
+    assert all("--pileup" not in argv for argv in data_steps(tmp_path, 10, 1, 1)["generate"])
+    assert all(argv[-2:] == ["--pileup", "9"] for argv in data_steps(tmp_path, 10, 1, 1, 9.0)["generate"])
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--pileup", "-2"]) == 2
+    assert capsys.readouterr().err.strip() == "error: --pileup: must be a mean number of interactions >= 0, got -2"
+    assert not (tmp_path / "demo").exists()

@@ -13,6 +13,7 @@ settings, no demo.json, or outputs out of order is refused before anything is to
 from __future__ import annotations
 
 import json
+import math
 import shlex
 import subprocess
 import sys
@@ -36,6 +37,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--events", type=int, default=3400, help="accepted events per class")
     parser.add_argument("--workers", type=int, default=2, help="generator processes per class")
     parser.add_argument("--seed", type=int, default=1, help="seed of generation, sharding and training")
+    parser.add_argument("--pileup", type=float, default=0.0, metavar="MU",
+                        help="overlay Poisson(MU) pileup interactions on the generated events (default 0)")
 
 
 @dataclass
@@ -48,14 +51,16 @@ class Step:
     done: bool | None = None
 
 
-def data_steps(out: Path, events: int, workers: int, seed: int) -> dict[str, list]:
+def data_steps(out: Path, events: int, workers: int, seed: int, pileup: float = 0.0) -> dict[str, list]:
     """Generate (one argument list per class), inspect, shard and draw, as `python -m engine`
     argument lists by step name."""
     parquet = out / "parquet"
+    with_pileup = ["--pileup", f"{pileup:g}"] if pileup else []
     return {
         "generate": [["generate", "--process", name, "--events", str(events), "--out", str(parquet),
                       "--seed", str(seed + i), "--workers", str(workers),
-                      "--task-events", str(-(-events // workers))] for i, name in enumerate(CLASSES)],
+                      "--task-events", str(-(-events // workers)), *with_pileup]
+                     for i, name in enumerate(CLASSES)],
         "inspect_parquet": ["inspect", str(parquet)],
         "shard": ["shard", "--input", str(parquet), "--out", str(out / "shards"), "--seed", str(seed)],
         "inspect_shards": ["inspect", str(out / "shards")],
@@ -135,7 +140,7 @@ def _trained(out: Path, model: str, settings: dict) -> bool:
 def plan(out: Path, settings: dict) -> list[Step]:
     """Every step of the demo, each marked done where its complete output is already in `out`.
     InputError where an output is there but one it was made from is not (changed by hand)."""
-    data = data_steps(out, settings["events"], settings["workers"], settings["seed"])
+    data = data_steps(out, settings["events"], settings["workers"], settings["seed"], settings.get("pileup", 0.0))
     gen = [Step(argv, done=_generated(out, i, settings)) for i, argv in enumerate(data["generate"])]
     shard = Step(data["shard"], done=_sharded(out, settings))
     render = Step(data["render"], done=(out / "images" / "contact_sheet.png").is_file())
@@ -179,8 +184,12 @@ def results_table(out: Path) -> str:
 def run(args) -> int:
     if args.events <= 0 or args.workers <= 0:
         raise InputError("--events/--workers", "must be positive")
+    if not (math.isfinite(args.pileup) and args.pileup >= 0):
+        raise InputError("--pileup", f"must be a mean number of interactions >= 0, got {args.pileup:g}")
     out = Path(args.out)
     settings = {"events": args.events, "workers": args.workers, "seed": args.seed}
+    if args.pileup:
+        settings["pileup"] = args.pileup          # a demo without pileup keeps the settings it always had
     resuming = read_settings(out, settings)
     steps = plan(out, settings)               # every check, before anything is written
     if resuming:
