@@ -115,7 +115,7 @@ def batch_particles(batch: ak.Array, charge_of: Callable[[np.ndarray], np.ndarra
 
     Fields: index (position in the event record), gidx (position in the flat arrays), id, status,
     px, py, pz, e, pt, eta, phi, mass, charge. `mother`/`daughter` are flat global indices (-1: none).
-    With an overlay, each event's pileup particles follow its own, and every particle also has
+    With an overlay, each event's pileup particles follow its own, and the flat arrays also hold
     `vertex` (0: the hard interaction) and `z` (its vertex's z, mm).
     """
     prt = batch.prt
@@ -134,7 +134,7 @@ def batch_particles(batch: ak.Array, charge_of: Callable[[np.ndarray], np.ndarra
     flat["daughter"] = np.where(flat["daughter1"] > 0, starts + flat["daughter1"], -1)
     flat["daughter_last"] = np.where(flat["daughter2"] > 0, starts + flat["daughter2"], flat["daughter"])
     fields = ("index", "gidx", "id", "status", "px", "py", "pz", "e", "pt", "eta", "phi", "mass",
-              "charge") + (("vertex",) if overlay is not None else ())
+              "charge")
     particles = ak.unflatten(ak.zip({k: flat[k] for k in fields}), counts)
     return particles, flat, counts
 
