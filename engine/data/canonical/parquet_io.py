@@ -114,28 +114,33 @@ def _visible_files(folder: Path, pattern: str) -> list[Path]:
 
 
 class CheckedParquetFile(pq.ParquetFile):
-    """A ParquetFile that verifies page checksums and reports any read failure as an InputError."""
+    """A ParquetFile that verifies page checksums and reports any read failure as an InputError.
+
+    `open_parquet` sets `upgrade` so that rows of an older schema version read in the current
+    layout (engine.data.canonical.schema.upgrade); `schema_arrow` stays the file's own."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        self.upgrade = lambda data: data
         with _read_errors(self.path, "not a readable Parquet file"):
             super().__init__(self.path, page_checksum_verification=True)
 
     def read(self, *args, **kwargs) -> pa.Table:
         with _read_errors(self.path):
-            return super().read(*args, **kwargs)
+            return self.upgrade(super().read(*args, **kwargs))
 
     def read_row_group(self, *args, **kwargs) -> pa.Table:
         with _read_errors(self.path):
-            return super().read_row_group(*args, **kwargs)
+            return self.upgrade(super().read_row_group(*args, **kwargs))
 
     def read_row_groups(self, *args, **kwargs) -> pa.Table:
         with _read_errors(self.path):
-            return super().read_row_groups(*args, **kwargs)
+            return self.upgrade(super().read_row_groups(*args, **kwargs))
 
     def iter_batches(self, *args, **kwargs) -> Iterator[pa.RecordBatch]:
         with _read_errors(self.path):
-            yield from super().iter_batches(*args, **kwargs)
+            for batch in super().iter_batches(*args, **kwargs):
+                yield self.upgrade(batch)
 
 
 @contextmanager
@@ -165,15 +170,16 @@ def open_parquet(path: str | Path) -> tuple[CheckedParquetFile, dict]:
         raise InputError(path, "corrupt engine metadata (not valid JSON)") from None
     if meta is None:
         raise InputError(path, "Parquet file has no engine metadata (not written by this engine)")
-    if not isinstance(meta, dict) or meta.get("schema_version") != schema.SCHEMA_VERSION:
+    if not isinstance(meta, dict) or meta.get("schema_version") not in schema.READ_VERSIONS:
         version = meta.get("schema_version") if isinstance(meta, dict) else None
-        raise InputError(path, f"schema version {version} "
-                               f"(this engine reads version {schema.SCHEMA_VERSION})")
+        raise InputError(path, f"schema version {version} (this engine reads versions "
+                               f"{', '.join(map(str, schema.READ_VERSIONS))})")
     footer = pf.metadata.metadata or {}
     if CHECK_KEY in footer:
         _verify_check(pf, footer[CHECK_KEY],
                       [raw[schema.METADATA_KEY], footer.get(schema.METADATA_KEY)], path)
     _verify_schema(pf, meta, path)
+    pf.upgrade = lambda data: schema.upgrade(data, meta["kind"], meta["schema_version"])
     return pf, meta
 
 
@@ -199,7 +205,7 @@ def _verify_schema(pf: pq.ParquetFile, meta: dict, path: str | Path) -> None:
         raise InputError(path, f"unknown kind {kind!r} in the engine metadata")
     if not isinstance(meta.get("class_names"), list):
         raise InputError(path, "engine metadata has no list of class names")
-    if not pf.schema_arrow.remove_metadata().equals(schema.schema_for(kind)):
+    if not pf.schema_arrow.remove_metadata().equals(schema.schema_for(kind, meta["schema_version"])):
         raise InputError(path, f"columns do not have the canonical types of '{kind}' files "
                                f"(corrupt footer or foreign file)")
 
@@ -218,10 +224,11 @@ def read(path: str | Path, columns: list[str] | None = None) -> pa.Table:
 
 
 def check_finite(table: pa.Table, source: str | Path) -> None:
-    """Raise InputError naming the first column holding NaN or infinite values."""
+    """Raise InputError naming the first column holding NaN or infinite values (in the columns of
+    schema.MAY_BE_NAN, where NaN means "not recorded", only infinite ones)."""
     for name, column in _float_leaves(table):
         values = column.to_numpy(zero_copy_only=False)
-        bad = ~np.isfinite(values)
+        bad = np.isinf(values) if name in schema.MAY_BE_NAN else ~np.isfinite(values)
         if bad.any():
             raise InputError(source, f"{int(bad.sum())} NaN or infinite value(s) in '{name}'")
 

@@ -92,7 +92,10 @@ def load_manifest(path: str | Path) -> dict:
                       ("block_format_version", encoding.FORMAT_VERSION),
                       ("schema_version", schema.SCHEMA_VERSION)):
         if manifest.get(key) != want:
-            raise InputError(source, f"{key} {manifest.get(key)} (this engine reads {want})")
+            older = isinstance(manifest.get(key), int) and manifest[key] < want
+            raise InputError(source, f"{key} {manifest.get(key)} (this engine reads {want}"
+                                     + ("; rebuild the shards from their Parquet files with "
+                                        "`python -m engine shard`)" if older else ")"))
     validate_manifest(manifest, source)
     return manifest
 
