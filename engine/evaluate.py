@@ -257,7 +257,8 @@ def event_identity(root: Path, split: str, index: np.ndarray) -> dict[str, np.nd
 
 def predict(checkpoint: str | Path, shards: str | Path, out: str | Path, split: str | None = None) -> list[Path]:
     """predictions.parquet (index, run, lumi, event, label, predicted, score_<class>, the mass
-    variable, for fat jets msoftdrop and parton, weight) and a plot of the mass variable per predicted class; returns the files."""
+    variable, for fat jets msoftdrop and parton, weight) and a plot of the mass variable per
+    predicted class; returns the files."""
     trained = load_trained(checkpoint)
     names = trained.class_names
     root, split = locate_split(shards, split, default="test")
