@@ -107,6 +107,7 @@ def test_parquet_summary_tells_softdrop_mass_and_partons(mixed):
     assert top["fatjet_msoftdrop"]["max"] <= top["fatjet_mass"]["max"]
     text = format_summary(summary)
     assert "fatjet_msoftdrop" in text and "parton             6: 60" in text
+    assert "fatjet_msoftdrop   not recorded (files of schema version 1)" in text
     proc = subprocess.run([sys.executable, "-m", "engine", "inspect", str(folder / "in")], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "parton             0: 60 (none)" in proc.stdout, proc.stderr

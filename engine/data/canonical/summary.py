@@ -121,6 +121,8 @@ def format_summary(summary: dict) -> str:
     for name, cls in summary["classes"].items():
         lines.append(f"  {name}: {cls['events']} events")
         for key, stat in cls.items():
+            if key == "fatjet_msoftdrop" and not stat.get("n"):
+                lines.append(f"    {key:<18} not recorded (files of schema version 1)")
             if key in ("events", "partons") or not stat.get("n"):
                 continue
             lines.append(f"    {key:<18} mean {stat['mean']:9.2f}   min {stat['min']:9.2f}   max {stat['max']:9.2f}")
