@@ -27,7 +27,7 @@ from engine.data import kinematics
 from engine.data.shards import locate_split
 from engine.errors import InputError
 from engine.files import atomic_path
-from engine.jet_metrics import DEFAULT_WINDOWS_GEV, jet_mass_metrics
+from engine.jet_metrics import DEFAULT_WINDOWS_GEV, jet_mass_metrics, sculpting_edges
 from engine.training import plots
 from engine.training.config import TrainConfig, load_config
 from engine.training.metrics import classification_metrics
@@ -217,6 +217,7 @@ def _evaluation_plots(trained: Trained, res: dict, metrics: dict, out: Path) -> 
     plots.score_distributions(res["scores"], res["labels"], names, names.index(metrics["signal"]),
                               out / "scores.png", title)
     written = ["confusion.png", "roc.png", "scores.png"]
+    written += _sculpting_plot(res, metrics, names, out, title)
     log = trained.folder / "log.csv"
     if log.is_file():
         from engine.training.logs import read_log
@@ -227,6 +228,18 @@ def _evaluation_plots(trained: Trained, res: dict, metrics: dict, out: Path) -> 
             plots.training_curves(rows, out / "training.png", f"{trained.name} training{events}")
             written.append("training.png")
     return written
+
+
+def _sculpting_plot(res: dict, metrics: dict, names: list[str], out: Path, title: str) -> list[str]:
+    """msoftdrop.png: the background's soft-drop mass before / after the eps_S = 0.5 cut (fat jets)."""
+    sculpt = metrics.get("mass_sculpting")
+    if not sculpt or sculpt["score_threshold"] is None:
+        return []
+    known, s = ~np.isnan(res["msoftdrop"]), names.index(metrics["signal"])
+    passing = res["scores"][known, s] >= sculpt["score_threshold"]
+    plots.mass_sculpting(res["msoftdrop"][known], res["labels"][known] == s, passing, sculpting_edges(),
+                         sculpt["signal_efficiency"], sculpt["jsd"], out / "msoftdrop.png", title)
+    return ["msoftdrop.png"]
 
 
 def visible_cross_sections(manifest: dict) -> dict[str, float]:

@@ -85,11 +85,15 @@ def jensen_shannon(p: np.ndarray, q: np.ndarray) -> float:
     return max(0.0, 0.5 * kl(p) + 0.5 * kl(q))
 
 
-def mass_histogram(mass: np.ndarray, bins: tuple[float, float, float] = SCULPTING_BINS_GEV) -> np.ndarray:
-    """Counts in bins of `bins` (from, to, width) plus one overflow bin (masses >= to)."""
+def sculpting_edges(bins: tuple[float, float, float] = SCULPTING_BINS_GEV) -> np.ndarray:
+    """Bin edges of `bins` (from, to, width) and inf: the last bin is the overflow (masses >= to)."""
     lo, hi, width = bins
-    edges = np.append(np.arange(lo, hi + width / 2, width), np.inf)
-    return np.histogram(mass, bins=edges)[0].astype(np.float64)
+    return np.append(np.arange(lo, hi + width / 2, width), np.inf)
+
+
+def mass_histogram(mass: np.ndarray, bins: tuple[float, float, float] = SCULPTING_BINS_GEV) -> np.ndarray:
+    """Counts in the bins of `sculpting_edges(bins)`."""
+    return np.histogram(mass, bins=sculpting_edges(bins))[0].astype(np.float64)
 
 
 def mass_sculpting(scores: np.ndarray, labels: np.ndarray, msoftdrop: np.ndarray, signal: int,

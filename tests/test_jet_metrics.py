@@ -126,6 +126,7 @@ def test_evaluate_on_fat_jets_reports_mass_windows_and_sculpting(tmp_path, capsy
     assert 0 < sculpt["jsd"] < 1 and sculpt["inverse_jsd"] == pytest.approx(1 / sculpt["jsd"])
     assert sculpt["signal_passing"] >= 0.5
     assert "msoftdrop 60-120 GeV:" in out and "mass sculpting: background msoftdrop JSD" in out
+    assert (tmp_path / "eval" / "msoftdrop.png").stat().st_size > 5000 and "msoftdrop.png" in out
     code = main(["evaluate", "--checkpoint", str(tmp_path / "run"), "--shards", str(tmp_path / "shards"),
                  "--out", str(tmp_path / "bad"), "--mass-windows", "90,50"])
     err = capsys.readouterr().err
