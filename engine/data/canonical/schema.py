@@ -71,7 +71,6 @@ EVENT_SCHEMA = pa.schema(HEADER_FIELDS + [
 ] + [pa.field(name, _list_of(fields), nullable=False) for name, fields in COLLECTIONS.items()])
 
 
-
 def _fatjet_schema(fatjet_fields: dict[str, pa.DataType]) -> pa.Schema:
     return pa.schema(HEADER_FIELDS + [
         pa.field("fatjet", _struct(fatjet_fields), nullable=False),
