@@ -179,3 +179,8 @@ def test_the_new_fields_change_nothing_else(pythia_jets, tmp_path, monkeypatch):
     for key in ("pt", "eta", "phi", "mass"):
         assert a.field(key).equals(b.field(key)), key
     assert not a.field("msoftdrop").equals(b.field("msoftdrop"))
+
+
+def test_fat_jet_parts_record_the_grooming_so_parts_without_it_are_not_reused():
+    assert _job("hbb", 5, ecm=13000.0).settings()["softdrop"] == {"beta": 0.0, "z_cut": 0.1, "r0": 0.8}
+    assert "softdrop" not in _job("ttbar", 5).settings()              # event parts: unchanged settings
