@@ -1,6 +1,11 @@
 """Tasks on Dask: an existing scheduler, or a cluster started from a ClusterConfig
 (distributed.LocalCluster, or dask_jobqueue's SLURMCluster / HTCondorCluster).
 
+A cluster's batch jobs (Slurm, HTCondor) start their workers when the batch system runs them:
+the run waits for the first one (`ClusterConfig.start_timeout_s`), and closing the cluster, at the
+end or on any error, cancels the jobs. The scheduler listens where the `interface` option says
+(`lo` on one machine, the compute network's interface on a cluster).
+
 Each attempt is one Dask task (`pure=False`, so a retry is a new key). Dask itself reruns a task
 whose worker was lost (up to `distributed.scheduler.allowed-failures`); when it gives up
 (KilledWorker) or the task raised, the attempt counts against `spec.retries` like on the local pool.
@@ -71,7 +76,20 @@ def client_for(spec: ExecutorSpec) -> Iterator[Any]:
             yield client
         return
     with start_cluster(spec.cluster, spec.cluster_file) as cluster, Client(cluster) as client:
+        _wait_for_a_worker(client, spec.cluster, spec.cluster_file or "cluster")
         yield client
+
+
+def _wait_for_a_worker(client, config: ClusterConfig, source: str) -> None:
+    """Wait for the first worker (batch jobs may queue); the run goes on as more join. None within
+    `config.start_timeout_s`: an InputError, and the cluster's jobs are cancelled on the way out."""
+    try:
+        client.wait_for_workers(1, timeout=config.start_timeout_s)
+    except TimeoutError:
+        where = {"slurm": "squeue and the workers' job logs", "htcondor": "condor_q and the workers' job logs",
+                 "local": "the memory and processes this machine allows"}[config.type]
+        raise InputError(source, f"no Dask worker started within {config.start_timeout_s:g} s (start_timeout_s): "
+                                 f"check {where}; the cluster's jobs were cancelled") from None
 
 
 @contextmanager

@@ -7,6 +7,7 @@ the tasks in this process). `--executor dask` runs them on a Dask cluster: an ex
     type: slurm            # local | slurm | htcondor
     workers: 20            # local: worker processes; slurm/htcondor: batch jobs, one worker each
     threads_per_worker: 1  # Pythia is not thread-safe: keep 1 for generation
+    start_timeout_s: 900   # wait this long for the first worker's job to start, then stop
     options:               # passed as they are to dask_jobqueue.SLURMCluster / HTCondorCluster
       cores: 1
       memory: 4GB
@@ -39,11 +40,15 @@ class ClusterConfig:
     workers: int = 2
     threads_per_worker: int = 1
     options: dict[str, Any] = field(default_factory=dict)
+    start_timeout_s: float = 900.0
+    """Seconds to wait for the first worker (its batch job may queue) before the run stops."""
 
     def __post_init__(self):
         for name in ("workers", "threads_per_worker"):
             if getattr(self, name) < 1:
                 raise FieldError(name, f"must be at least 1, got {getattr(self, name)}")
+        if not self.start_timeout_s > 0:
+            raise FieldError("start_timeout_s", f"must be a number of seconds > 0, got {self.start_timeout_s}")
 
 
 @dataclass(frozen=True)
