@@ -1,10 +1,12 @@
 """Array jobs on a real Slurm (tests/slurm.py): a slice comes from the array element's environment,
-an `sbatch --array=0-3` of `generate` gives the events of one local run byte for byte, and an
-element cancelled and resubmitted alone completes the dataset with the same bytes; likewise for
-`convert`, one input per element."""
+an `sbatch --array=0-3` of configs/batch/generate.sbatch gives the events of one local run byte for
+byte, and an element cancelled and resubmitted alone completes the dataset with the same bytes;
+likewise for `convert` (`sbatch --array=1-3 --wrap ...`), one input per element. The batch scripts
+in configs/batch/ are checked without Slurm."""
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -71,14 +73,7 @@ def _files(folder: Path) -> dict[str, bytes]:
 
 
 def _job_env(cluster) -> dict[str, str]:
-    return {**cluster.env, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-
-
-def _script(folder: Path, name: str, argv: list[str]) -> Path:
-    """A batch script running one engine command (the README's one line; no slice options)."""
-    path = folder / name
-    path.write_text("#!/bin/bash\nset -e\nexec " + " ".join([sys.executable, "-m", "engine", *argv]) + "\n")
-    return path
+    return {**cluster.env, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "ENGINE_PYTHON": sys.executable}
 
 
 def _logs(folder: Path) -> str:
@@ -92,9 +87,9 @@ def test_an_array_of_generate_gives_one_runs_bytes_and_a_cancelled_element_rerun
     capsys.readouterr()
     out, logs = tmp_path / "array", tmp_path / "logs"
     logs.mkdir()
-    script = _script(tmp_path, "generate.sh", [*GENERATE, "--out", str(out)])
-    common = [f"--output={logs}/%A_%a.out", f"--chdir={ROOT}", "--cpus-per-task=1"]
-    job = slurm_cluster.submit("--array=0-3", *common, str(script), env=_job_env(slurm_cluster))
+    script = [str(ROOT / "configs" / "batch" / "generate.sbatch"), *GENERATE[1:], "--out", str(out)]
+    common = [f"--output={logs}/%A_%a.out", f"--chdir={ROOT}"]
+    job = slurm_cluster.submit("--array=0-3", *common, *script, env=_job_env(slurm_cluster))
     slurm_cluster.cancel(f"{job}_3")             # pending (or just started) element 3 is cancelled
     states = slurm_cluster.wait(job)
     # a pending element cancelled leaves no record of its own; a running one ends CANCELLED
@@ -102,7 +97,7 @@ def test_an_array_of_generate_gives_one_runs_bytes_and_a_cancelled_element_rerun
     assert states == {"0": "COMPLETED", "1": "COMPLETED", "2": "COMPLETED"}, _logs(logs)
     with pytest.raises(InputError, match="unfinished dataset: 3 of 4 parts"):
         parquet_io.list_parquet(out)
-    again = slurm_cluster.submit("--array=3", *common, str(script), env=_job_env(slurm_cluster))
+    again = slurm_cluster.submit("--array=3", *common, *script, env=_job_env(slurm_cluster))
     assert slurm_cluster.wait(again) == {"3": "COMPLETED"}, _logs(logs)
     assert _files(out / "dy") == _files(tmp_path / "local" / "dy")
     # an array of one element is the whole task list: it runs what the cancelled element left
@@ -119,8 +114,8 @@ def test_an_array_of_convert_converts_one_input_per_element(slurm_cluster, tmp_p
     capsys.readouterr()
     logs = tmp_path / "logs"
     logs.mkdir()
-    script = _script(tmp_path, "convert.sh", [*argv, "--out", str(tmp_path / "array")])
-    job = slurm_cluster.submit("--array=1-3", f"--output={logs}/%A_%a.out", f"--chdir={ROOT}", str(script),
+    command = " ".join([sys.executable, "-m", "engine", *argv, "--out", str(tmp_path / "array")])
+    job = slurm_cluster.submit("--array=1-3", f"--output={logs}/%A_%a.out", f"--chdir={ROOT}", "--wrap", command,
                                env=_job_env(slurm_cluster))
     assert set(slurm_cluster.wait(job).values()) == {"COMPLETED"}, _logs(logs)
     local, array = _files(tmp_path / "local"), _files(tmp_path / "array")
@@ -129,3 +124,13 @@ def test_an_array_of_convert_converts_one_input_per_element(slurm_cluster, tmp_p
     record = json.loads(array["convert.json"])
     assert record == json.loads(local["convert.json"])
     assert all(f"(slice {i - 1} of 3)" in (logs / f"{job}_{i}.out").read_text() for i in (1, 2, 3))
+
+
+def test_the_batch_scripts_parse_and_take_the_slice_as_documented():
+    scripts = sorted((ROOT / "configs" / "batch").glob("*.sbatch"))
+    assert [p.name for p in scripts] == ["generate.sbatch", "train.sbatch"]
+    for script in scripts:
+        subprocess.run(["bash", "-n", str(script)], check=True)
+        assert "#SBATCH --job-name=engine-" in script.read_text()
+    condor = (ROOT / "configs" / "batch" / "generate.sub").read_text()
+    assert "--task-index $(Process) --num-tasks $(N)" in condor and "\nqueue $(N)\n" in condor
