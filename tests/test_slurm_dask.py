@@ -1,8 +1,10 @@
 """dask-jobqueue on a real Slurm (tests/slurm.py): `--executor dask --cluster slurm.yaml` starts its
 Dask workers as Slurm jobs, `generate` and `shard` there give the bytes of the local executor, and
-the jobs are gone from the queue at the end, also when the run fails or no worker ever starts."""
+the jobs are gone from the queue at the end, also when the run fails, no worker ever starts, or the
+batch system refuses the workers' jobs."""
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -91,3 +93,14 @@ def test_no_worker_within_the_start_timeout_is_one_line_and_cancels_the_jobs(slu
                                          "cluster's jobs were cancelled"), err
     assert _wait_empty(slurm_cluster)
     assert not list((tmp_path / "out").rglob("part-*"))
+
+
+def test_a_worker_job_the_batch_system_refuses_is_one_line_at_once(slurm_cluster, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("SLURM_CONF", str(slurm_cluster.conf))
+    refused = cluster_file(tmp_path, start_timeout_s=600, options={"queue": "nosuch"})
+    start = time.monotonic()
+    code, err = _run([*GENERATE, "--out", str(tmp_path / "out"), "--executor", "dask", "--cluster",
+                      str(refused)], capsys)
+    assert code == 2 and err.strip() == (f"error: {refused}: the batch system refused the worker jobs: "
+                                         "sbatch: error: invalid partition specified: nosuch"), err
+    assert time.monotonic() - start < 60 and _wait_empty(slurm_cluster)
