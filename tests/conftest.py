@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.slurm import slurm_cluster  # noqa: F401 - the session fixture of the `slurm` tests
+from tests.slurm import slurm_cluster, slurm_session  # noqa: F401 - the fixtures of the `slurm` tests
 
 
 def _has_gpu() -> bool:

@@ -8,9 +8,10 @@ squeue (no accounting daemon: a job's state is read from `scontrol show job`). `
 what is still queued, then stops the daemons it started, and only those. Each daemon also gets
 SIGTERM if the process that started it dies, so a killed test session leaves no daemon behind.
 
-The `slurm_cluster` fixture (session-scoped) skips a test marked `slurm`, with the reason, where
-Slurm cannot run: not root (slurmd and munged need it), binaries missing (`apt-get install
-slurm-wlm munge`; CI does: .ci/run), or daemons that do not start.
+The `slurm_cluster` fixture gives a test the session's cluster (started once) and cancels what the
+test left queued; it skips the test, with the reason, where Slurm cannot run: not root (slurmd and
+munged need it), binaries missing (`apt-get install slurm-wlm munge`; CI does: .ci/run), or
+daemons that do not start.
 """
 from __future__ import annotations
 
@@ -189,15 +190,16 @@ class SlurmCluster:
                 raise TimeoutError(f"jobs still queued after {seconds:.0f} s: {self.queue()}")
             time.sleep(0.25)
 
-    def cancel(self, *jobs: str, signal_name: str | None = None) -> None:
-        self.command("scancel", *([f"--signal={signal_name}"] if signal_name else []), *jobs)
+    def cancel(self, *jobs: str) -> None:
+        """`scancel JOBS`: Slurm sends SIGTERM to their processes, SIGKILL after KillWait."""
+        self.command("scancel", *jobs)
 
     def stop(self) -> None:
         """Cancel the jobs still queued, then stop the daemons this object started."""
         if self.started and all(p.poll() is None for p in self.procs):
             try:
                 if self.queue():
-                    self.command("scancel", "--user", pwd.getpwuid(os.geteuid()).pw_name, check=False)
+                    self.command("scancel", "--user", _me(), check=False)
                     self.wait_for_empty_queue(60)
             except (RuntimeError, TimeoutError, subprocess.TimeoutExpired):
                 pass
@@ -213,6 +215,10 @@ class SlurmCluster:
         self.procs, self.started = [], False
 
 
+def _me() -> str:
+    return pwd.getpwuid(os.geteuid()).pw_name
+
+
 def _tail(path: Path, lines: int = 5) -> str:
     try:
         return " | ".join(path.read_text(errors="replace").strip().splitlines()[-lines:])
@@ -221,7 +227,7 @@ def _tail(path: Path, lines: int = 5) -> str:
 
 
 @pytest.fixture(scope="session")
-def slurm_cluster():
+def slurm_session():
     """A running SlurmCluster for the session (skips the test, with the reason, where none can run)."""
     reason = skip_reason()
     if reason:
@@ -238,3 +244,12 @@ def slurm_cluster():
     finally:
         cluster.stop()
         shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def slurm_cluster(slurm_session):
+    """The session's SlurmCluster, its queue emptied after the test (a failed test's jobs cancelled)."""
+    yield slurm_session
+    if slurm_session.queue():
+        slurm_session.cancel("--user", _me())
+        slurm_session.wait_for_empty_queue(60)

@@ -134,3 +134,12 @@ def test_the_batch_scripts_parse_and_take_the_slice_as_documented():
         assert "#SBATCH --job-name=engine-" in script.read_text()
     condor = (ROOT / "configs" / "batch" / "generate.sub").read_text()
     assert "--task-index $(Process) --num-tasks $(N)" in condor and "\nqueue $(N)\n" in condor
+
+
+def test_slurm_is_skipped_with_the_reason_where_it_cannot_run(monkeypatch):
+    from tests import slurm
+    monkeypatch.setattr(slurm.os, "geteuid", lambda: 1000)
+    assert slurm.skip_reason().startswith("needs root")
+    monkeypatch.setattr(slurm.os, "geteuid", lambda: 0)
+    monkeypatch.setenv("PATH", "/nonexistent")
+    assert slurm.skip_reason() == f"needs {', '.join(slurm.BINARIES)} (apt-get install slurm-wlm munge)"
