@@ -2,8 +2,9 @@
 (distributed.LocalCluster, or dask_jobqueue's SLURMCluster / HTCondorCluster).
 
 A cluster's batch jobs (Slurm, HTCondor) start their workers when the batch system runs them:
-the run waits for the first one (`ClusterConfig.start_timeout_s`), and closing the cluster, at the
-end or on any error, cancels the jobs. The scheduler listens where the `interface` option says
+the run waits for the first one (`ClusterConfig.start_timeout_s`), stops at once when the batch
+system refuses every worker job (the submit command's error), and closing the cluster, at the end
+or on any error, cancels the jobs. The scheduler listens where the `interface` option says
 (`lo` on one machine, the compute network's interface on a cluster).
 
 Each attempt is one Dask task (`pure=False`, so a retry is a new key). Dask itself reruns a task
