@@ -303,7 +303,7 @@ def test_model_learns_a_small_separable_problem(name, kind):
     model = tiny(name, kind).train()
     optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)
     losses = []
-    for step in range(40):
+    for step in range(60):
         batch, labels = toy_problem(kind, 32, seed=step)
         loss = F.cross_entropy(model(*model_args(kind, batch)), labels)
         optimiser.zero_grad()

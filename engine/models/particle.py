@@ -11,7 +11,9 @@ Both take the padded arrays of `engine.data.objects`, like the models of `engine
 and return logits (B, num_classes) float32.
 
 Per-particle features are those of `sets.encode_objects` (without its sin/cos of the absolute
-phi) or `sets.encode_constituents` (already relative to the jet axis), so phi enters only
+phi) or `sets.encode_constituents` (relative to the jet axis: deta, dphi, dR, log pt, log E,
+log pt / pt_jet, log E / E_jet, charge and particle type, the papers' inputs less the track
+impact parameters, which the shards do not hold), so phi enters only
 through wrapped differences: the kNN distance, the edge features and the pairwise features.
 Both models are invariant under a common rotation in phi and under permutations of the real
 objects. Padding is replaced by zeros before any arithmetic, neighbours and attention never
