@@ -1,10 +1,13 @@
-"""The baseline that is not a neural network: gradient-boosted trees on the padded object features.
+"""The baseline that is not a neural network: gradient-boosted trees on per-event features.
 
-Features per event: for each of the `cap` slots, the one-hot-free type code and (pt, eta, phi,
-mass, btag, charge), flattened — the same padded objects the set models read, from the same
-shards, so every model is compared on the same test events. scikit-learn's
-HistGradientBoostingClassifier; the fitted model is pickled to OUTPUT_DIR/gbt.pkl. A finished run
-of the same config started again changes nothing.
+Features by the shards' kind, from the same batches the networks read, so every model is compared
+on the same test events:
+  events   for each of the `cap` padded slots, the type code and (pt, eta, phi, mass, btag,
+           charge), flattened;
+  fatjets  the jet-level features of `engine.data.substructure.jet_features` (jet pt, eta, mass,
+           constituents, tau21, tau32, D2, pt fractions of the 4 hardest constituents).
+scikit-learn's HistGradientBoostingClassifier; the fitted model is pickled to OUTPUT_DIR/gbt.pkl.
+A finished run of the same config started again changes nothing.
 """
 from __future__ import annotations
 
@@ -20,7 +23,12 @@ from engine.files import atomic_path
 
 
 def gbt_features(batch: dict) -> np.ndarray:
-    """(B, N * 7) float32: per slot the type code and the six features."""
+    """Features of a loader batch: of fat jets (a batch with constituents) (B, 11) float32, the jet
+    features of `engine.data.substructure`; of events (B, N * 7) float32, per slot the type code
+    and the six object features."""
+    if "constituents" in batch:
+        from engine.data.substructure import jet_features
+        return jet_features(batch["constituents"].numpy(), batch["counts"].numpy(), batch["fatjet"].numpy())
     types = batch["types"].numpy().astype(np.float32)[..., None]
     return np.concatenate([types, batch["features"].numpy()], axis=-1).reshape(len(types), -1)
 
@@ -74,7 +82,8 @@ def train_gbt(cfg) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / "gbt.pkl") as tmp:
         tmp.write_bytes(pickle.dumps(model))
-    run = {"class_names": names, "dataset_kind": manifest["kind"], "input_kind": "objects",
+    input_kind = "constituents" if manifest["kind"] == "fatjets" else "objects"
+    run = {"class_names": names, "dataset_kind": manifest["kind"], "input_kind": input_kind,
            "train_seconds": seconds, "events": len(y), "val": metrics}
     write_run_info(out, to_dict(cfg), run)
     print(f"gbt: {len(y)} training events in {seconds:.1f} s; val accuracy {metrics['accuracy']:.4f}, "
