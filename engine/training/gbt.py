@@ -22,24 +22,31 @@ import yaml
 from engine.files import atomic_path
 
 
+FEATURE_KEYS = ("types", "features", "constituents", "counts", "fatjet")
+"""The batch entries the features are computed from."""
+
+
 def gbt_features(batch: dict) -> np.ndarray:
-    """Features of a loader batch: of fat jets (a batch with constituents) (B, 11) float32, the jet
-    features of `engine.data.substructure`; of events (B, N * 7) float32, per slot the type code
-    and the six object features."""
+    """Features of a batch (torch CPU tensors or numpy arrays): of fat jets (a batch with
+    constituents) (B, 11) float32, the jet features of `engine.data.substructure`; of events
+    (B, N * 7) float32, per slot the type code and the six object features."""
     if "constituents" in batch:
         from engine.data.substructure import jet_features
-        return jet_features(batch["constituents"].numpy(), batch["counts"].numpy(), batch["fatjet"].numpy())
-    types = batch["types"].numpy().astype(np.float32)[..., None]
-    return np.concatenate([types, batch["features"].numpy()], axis=-1).reshape(len(types), -1)
+        return jet_features(*(np.asarray(batch[k]) for k in ("constituents", "counts", "fatjet")))
+    types = np.asarray(batch["types"]).astype(np.float32)[..., None]
+    return np.concatenate([types, np.asarray(batch["features"])], axis=-1).reshape(len(types), -1)
 
 
 def collect(loader) -> tuple[np.ndarray, np.ndarray]:
-    """All events of a loader as (features, labels)."""
-    xs, ys = [], []
+    """All events of a loader as (features, labels), the features computed once over all of them
+    (the substructure sums go fastest on many jets at a time, grouped by their counts)."""
+    arrays: dict[str, list[np.ndarray]] = {}
     for batch in loader:
-        xs.append(gbt_features(batch))
-        ys.append(batch["labels"].numpy())
-    return np.concatenate(xs), np.concatenate(ys)
+        for key in (*FEATURE_KEYS, "labels"):
+            if key in batch:
+                arrays.setdefault(key, []).append(batch[key].numpy())
+    merged = {key: np.concatenate(parts) for key, parts in arrays.items()}
+    return gbt_features(merged), merged["labels"]
 
 
 def _finished_run(cfg, config: dict) -> dict | None:
