@@ -10,8 +10,9 @@
 Unknown keys and wrong types fail before any work, naming the key (engine.config.from_dict);
 values are checked in each section's `__post_init__`. `check_inputs(cfg)` then checks the config
 against the shards (signal class, the model's input kind, the preset's image kind), still before
-any work, and lets a model that reads several input kinds read the one the shards hold. `train.batch_size` is the per-process batch and `train.seed` the seed: the loader is built
-with both (`loader.batch_size` / `loader.seed` may only repeat them).
+any work, and lets a model that reads several input kinds read the one the shards hold.
+`train.batch_size` is the per-process batch and `train.seed` the seed: the loader is built with
+both (`loader.batch_size` / `loader.seed` may only repeat them).
 """
 from __future__ import annotations
 
