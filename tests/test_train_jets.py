@@ -1,5 +1,5 @@
 """benchmarks/train_jets.py in its quick mode on a few real Pythia jets: the records are well formed,
-one set per model, and a rerun reuses the jets and shards it made."""
+one set per model, measured on the hbb and qcd jets it generated and sharded."""
 from __future__ import annotations
 
 import json
@@ -36,7 +36,3 @@ def test_quick_jet_benchmark_writes_finite_records_per_model(tmp_path):
     assert 0 <= records[0]["value"] <= 1
     manifest = json.loads((tmp_path / "work" / "shards" / "manifest.json").read_text())
     assert manifest["kind"] == "fatjets" and manifest["class_names"] == ["hbb", "qcd"]
-    again = run_bench(tmp_path / "work", tmp_path / "again.json", "gbt")
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert "skipped" in again.stdout + again.stderr or "nothing to do" in again.stdout + again.stderr
-    assert json.loads((tmp_path / "again.json").read_text()) == records[:len(names) + 1]
