@@ -5,7 +5,8 @@
 
 `evaluate` writes metrics.json (accuracy, per-class efficiency, confusion matrix, one-vs-rest ROC
 AUC, F1, signal-vs-background efficiency on a 50/50 sample, background rejection at fixed signal
-efficiencies) and PNG plots. `predict` writes per-event scores with each event's (run, lumi, event)
+efficiencies; for fat jets also the same in soft-drop mass windows and the mass-sculpting check of
+engine.jet_metrics) and PNG plots. `predict` writes per-event scores with each event's (run, lumi, event)
 to predictions.parquet and plots a mass variable of each predicted class on a pseudo-data mixture in
 which every class is weighted by its visible cross-section (generator cross-section x acceptance,
 from the shards' provenance). Every output file is written atomically.
@@ -26,6 +27,7 @@ from engine.data import kinematics
 from engine.data.shards import locate_split
 from engine.errors import InputError
 from engine.files import atomic_path
+from engine.jet_metrics import DEFAULT_WINDOWS_GEV, jet_mass_metrics, sculpting_edges
 from engine.training import plots
 from engine.training.config import TrainConfig, load_config
 from engine.training.metrics import classification_metrics
@@ -123,15 +125,17 @@ def check_classes(trained: Trained, manifest: dict, shards: str | Path) -> None:
 
 def score_split(trained: Trained, root: Path, split: str, batch_size: int = 512) -> dict:
     """Scores (E, K), labels, split indices, and for events the lepton counts and mass variables
-    (kinematics.VARIABLES) of every event of a split, in stored order."""
+    (kinematics.VARIABLES), for fat jets their mass, msoftdrop and parton, of every event of a
+    split, in stored order."""
     from engine.data.loader import LoaderConfig, make_loader
     from engine.data.shards import load_manifest
     manifest = load_manifest(root)
     check_classes(trained, manifest, root)
     loader = make_loader(root, LoaderConfig(batch_size=batch_size, shuffle=False), split=split)
     infer = _gbt_scores if trained.name == "gbt" else _torch_scorer(trained, manifest)
-    out: dict[str, list] = {"scores": [], "labels": [], "index": [], "n_leptons": [],
-                            kinematics.FATJET_MASS[0]: [], **{v: [] for v in kinematics.VARIABLES}}
+    out: dict[str, list] = {"scores": [], "labels": [], "index": [], "n_leptons": [], "msoftdrop": [],
+                            "parton": [], kinematics.FATJET_MASS[0]: [],
+                            **{v: [] for v in kinematics.VARIABLES}}
     for batch in loader:
         out["scores"].append(infer(trained, batch))
         out["labels"].append(batch["labels"].numpy())
@@ -143,6 +147,8 @@ def score_split(trained: Trained, root: Path, split: str, batch_size: int = 512)
                 out[v].append(kinematics.compute(v, types, feats))
         if "fatjet" in batch:
             out[kinematics.FATJET_MASS[0]].append(batch["fatjet"].numpy()[:, 3].astype(np.float64))
+            out["msoftdrop"].append(batch["msoftdrop"].numpy())
+            out["parton"].append(batch["parton"].numpy())
     result = {k: np.concatenate(v) for k, v in out.items() if v}
     if "scores" not in result:
         raise InputError(root / split, "the split has no events")
@@ -179,9 +185,10 @@ def plot_title(model: str, split: str, events: int) -> str:
 
 
 def evaluate(checkpoint: str | Path, shards: str | Path, out: str | Path, split: str | None = None,
-             signal: str | None = None) -> dict:
-    """metrics.json and plots for one model on one split (`shards`: the root or a split folder).
-    metrics["written"] lists the files written."""
+             signal: str | None = None, mass_windows: tuple[float, ...] = DEFAULT_WINDOWS_GEV) -> dict:
+    """metrics.json and plots for one model on one split (`shards`: the root or a split folder);
+    for fat jets also the metrics in the soft-drop mass windows of edges `mass_windows` (GeV) and
+    the mass-sculpting check. metrics["written"] lists the files written."""
     trained = load_trained(checkpoint)
     names = trained.class_names
     signal = signal or trained.config.data.signal or names[0]
@@ -190,6 +197,9 @@ def evaluate(checkpoint: str | Path, shards: str | Path, out: str | Path, split:
     root, split = locate_split(shards, split, default="test")
     res = score_split(trained, root, split)
     metrics = classification_metrics(res["scores"], res["labels"], names, signal)
+    if "msoftdrop" in res:
+        metrics.update(jet_mass_metrics(res["scores"], res["labels"], res["msoftdrop"], names.index(signal),
+                                        mass_windows))
     metrics.update(model=trained.name, checkpoint=str(trained.folder), split=split,
                    train_seconds=trained.run.get("train_seconds"))
     out = Path(out)
@@ -207,6 +217,7 @@ def _evaluation_plots(trained: Trained, res: dict, metrics: dict, out: Path) -> 
     plots.score_distributions(res["scores"], res["labels"], names, names.index(metrics["signal"]),
                               out / "scores.png", title)
     written = ["confusion.png", "roc.png", "scores.png"]
+    written += _sculpting_plot(res, metrics, names, out, title)
     log = trained.folder / "log.csv"
     if log.is_file():
         from engine.training.logs import read_log
@@ -217,6 +228,18 @@ def _evaluation_plots(trained: Trained, res: dict, metrics: dict, out: Path) -> 
             plots.training_curves(rows, out / "training.png", f"{trained.name} training{events}")
             written.append("training.png")
     return written
+
+
+def _sculpting_plot(res: dict, metrics: dict, names: list[str], out: Path, title: str) -> list[str]:
+    """msoftdrop.png: the background's soft-drop mass before / after the eps_S = 0.5 cut (fat jets)."""
+    sculpt = metrics.get("mass_sculpting")
+    if not sculpt or sculpt["score_threshold"] is None:
+        return []
+    known, s = ~np.isnan(res["msoftdrop"]), names.index(metrics["signal"])
+    passing = res["scores"][known, s] >= sculpt["score_threshold"]
+    plots.mass_sculpting(res["msoftdrop"][known], res["labels"][known] == s, passing, sculpting_edges(),
+                         sculpt["signal_efficiency"], sculpt["jsd"], out / "msoftdrop.png", title)
+    return ["msoftdrop.png"]
 
 
 def visible_cross_sections(manifest: dict) -> dict[str, float]:
@@ -247,7 +270,8 @@ def event_identity(root: Path, split: str, index: np.ndarray) -> dict[str, np.nd
 
 def predict(checkpoint: str | Path, shards: str | Path, out: str | Path, split: str | None = None) -> list[Path]:
     """predictions.parquet (index, run, lumi, event, label, predicted, score_<class>, the mass
-    variable, weight) and a plot of the mass variable per predicted class; returns the files."""
+    variable, for fat jets msoftdrop and parton, weight) and a plot of the mass variable per
+    predicted class; returns the files."""
     trained = load_trained(checkpoint)
     names = trained.class_names
     root, split = locate_split(shards, split, default="test")
@@ -261,6 +285,8 @@ def predict(checkpoint: str | Path, shards: str | Path, out: str | Path, split: 
     columns.update({f"score_{n}": res["scores"][:, i].astype(np.float32) for i, n in enumerate(names)})
     variable = kinematics.mass_variable(res["n_leptons"]) if "n_leptons" in res else kinematics.FATJET_MASS[0]
     columns[variable] = res[variable].astype(np.float32)
+    if "msoftdrop" in res:
+        columns.update(msoftdrop=res["msoftdrop"].astype(np.float32), parton=res["parton"].astype(np.int32))
     columns["weight"] = weight.astype(np.float32)
     out = Path(out)
     plot = _mass_plot(res[variable], predicted, weight, names, variable, out,

@@ -11,7 +11,9 @@ and tied overrides (values that follow another key, e.g. the learning rate of ea
 
 Each run trains in its own process (`python -m engine.train`, or the `--launcher` given, e.g.
 "accelerate launch"), then is evaluated on the test split; sweep.csv collects the metrics.
-A run whose output folder already holds metrics is not run again.
+A run whose output folder already holds metrics is not run again. sweep.csv has per run the
+accuracy, the signal-vs-background efficiency, the signal's AUC, the background rejection at
+signal efficiency 0.5 and 0.3, and the training time.
 """
 from __future__ import annotations
 
@@ -98,6 +100,14 @@ def run_point(point: Point, base: Path, shards_split: str, launcher: str) -> dic
     return json.loads(metrics_path.read_text())
 
 
+def signal_figures(metrics: dict) -> dict:
+    """The signal class's one-vs-rest AUC and background rejection 1/eps_B at eps_S = 0.5 and 0.3."""
+    signal = metrics.get("signal")
+    rejection = metrics.get("background_rejection_at_signal_efficiency") or {}
+    return {"signal_auc": (metrics.get("roc_auc_one_vs_rest") or {}).get(signal),
+            "rejection_at_0.5": rejection.get("0.5"), "rejection_at_0.3": rejection.get("0.3")}
+
+
 def run_sweep(path: str | Path, launcher: str = sys.executable, dry_run: bool = False) -> Path:
     cfg, base = load_sweep(path)
     grid = points(cfg)
@@ -110,7 +120,7 @@ def run_sweep(path: str | Path, launcher: str = sys.executable, dry_run: bool = 
         m = run_point(p, base, "test", launcher)
         rows.append({"run": p.name, **{k: v for k, v in p.overrides.items() if k != "output_dir"},
                      "accuracy": m.get("accuracy"), "signal_vs_background": m.get("signal_vs_background_efficiency"),
-                     "train_seconds": m.get("train_seconds"), "status": m.get("status", "ok")})
+                     **signal_figures(m), "train_seconds": m.get("train_seconds"), "status": m.get("status", "ok")})
     table = Path(cfg.output_root) / "sweep.csv"
     with atomic_path(table) as tmp, tmp.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in rows for k in r)), restval="")

@@ -1,7 +1,10 @@
-"""Shared test setup: GPU tests are skipped on machines without a CUDA device."""
+"""Shared test setup: GPU tests are skipped on machines without a CUDA device; the `slurm_cluster`
+fixture (tests/slurm.py) starts a one-node Slurm for the tests marked `slurm`."""
 from __future__ import annotations
 
 import pytest
+
+from tests.slurm import slurm_cluster, slurm_session  # noqa: F401 - the fixtures of the `slurm` tests
 
 
 def _has_gpu() -> bool:

@@ -165,11 +165,11 @@ def _check(shards, *overrides):
      "^data.signal: 'higgs' is not among the classes of .* \\(known: dy, ttbar, wjets\\)$"),
     ("events", ["data.signal=ttbr"], "^data.signal: 'ttbr' is not among .*; did you mean `ttbar`\\?$"),
     ("fatjets", ["data.signal=ttbar"], "^data.signal: 'ttbar' is not among .* \\(known: qcd, top\\)$"),
-    ("fatjets", ["model.name=deepsets"],
-     "^model.name: deepsets reads objects .* holds fatjets; set model.options.inputs: constituents$"),
-    ("fatjets", ["model.name=set_transformer"], "^model.name: set_transformer reads objects"),
-    ("fatjets", ["model.name=ffn"], "^model.name: ffn reads objects"),
-    ("fatjets", ["model.name=gbt"], "^model.name: gbt reads objects .* holds fatjets$"),
+    ("fatjets", ["model.name=deepsets", "model.options.inputs=objects"],
+     "^model.options.inputs: deepsets reads objects .* holds fatjets; set model.options.inputs: constituents$"),
+    ("fatjets", ["model.name=part", "model.options.inputs=objects"], "^model.options.inputs: part reads objects"),
+    ("fatjets", ["model.name=ffn", "model.options.inputs=image"],
+     "^model.options.inputs: model 'ffn' takes inputs objects or constituents, not 'image'$"),
     ("events", ["model.name=deepsets", "model.options.inputs=constituents"],
      "^model.options.inputs: deepsets reads constituents .* holds events; set model.options.inputs: objects$"),
     ("fatjets", ["model.name=small_cnn"],
@@ -204,6 +204,20 @@ def test_config_is_checked_against_the_shards(event_shards, fatjet_shards, kind,
 def test_configs_that_fit_the_shards_pass(event_shards, fatjet_shards, kind, overrides):
     shards = event_shards if kind == "events" else fatjet_shards
     assert _check(shards, *overrides)["kind"] == kind
+
+
+@pytest.mark.parametrize("name", ["ffn", "deepsets", "set_transformer", "particlenet", "part", "gbt"])
+def test_a_model_without_inputs_reads_the_kind_the_shards_hold(event_shards, fatjet_shards, name):
+    from engine.training.config import check_inputs, load_config, model_input_kind
+    for shards, kind, wanted in ((fatjet_shards, "fatjets", "constituents"), (event_shards, "events", "objects")):
+        cfg = load_config(None, [f"data.shards={shards}", f"model.name={name}", "model.options={}"])
+        check_inputs(cfg)
+        assert model_input_kind(cfg.model, kind) == wanted
+        # recorded in the config only where it is not the model's default (event configs stay as they were)
+        recorded = {"inputs": "constituents"} if kind == "fatjets" and name != "gbt" else {}
+        assert cfg.model.options == recorded
+        check_inputs(cfg)                                   # a second check changes nothing
+        assert cfg.model.options == recorded
 
 
 def test_a_config_that_does_not_fit_the_shards_stops_before_any_work(event_shards, tmp_path):

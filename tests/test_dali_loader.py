@@ -111,3 +111,15 @@ def test_runs_with_gpu_device(root):
     loader = make_loader(root, _cfg())
     batch = next(iter(loader))
     assert batch["features"].shape[1:] == (16, 6)
+
+
+def test_fat_jet_batches_carry_msoftdrop_and_parton_as_the_torch_backend(tmp_path):
+    jets = synthetic_shards(tmp_path, 60, seed=3, kind="fatjets", events_per_member=20)
+    dali = _epoch(make_loader(jets, _cfg(batch_size=16)))
+    ref = _epoch(make_loader(jets, LoaderConfig(batch_size=16)))
+    order_d, order_t = np.argsort(_index(dali)), np.argsort(_index(ref))
+    for key in ("constituents", "fatjet", "msoftdrop", "parton", "labels"):
+        a = torch.cat([b[key] for b in dali]).numpy()[order_d]
+        b = torch.cat([b[key] for b in ref]).numpy()[order_t]
+        np.testing.assert_array_equal(a, b)
+    assert dali[0]["parton"].dtype == torch.int32 and dali[0]["msoftdrop"].shape == (16,)

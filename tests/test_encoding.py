@@ -128,12 +128,28 @@ def test_fatjets_round_trip_with_truncation_and_pids():
         out = encoding.decode_padded(encoding.encode(block, codec="zstd"), cap)
         assert out["truncated"] == ref["truncated"] and (ref["truncated"] > 0) == (cap == 8)
         np.testing.assert_array_equal(out["counts"], ref["counts"])
-        np.testing.assert_array_equal(out["fatjet"], ref["fatjet"])
+        for key in ("fatjet", "msoftdrop", "parton"):
+            np.testing.assert_array_equal(out[key], ref[key])
         for col in (3, 4):                                                # charge, pid: exact
             np.testing.assert_array_equal(out["constituents"][..., col], ref["constituents"][..., col])
         assert np.allclose(out["constituents"][..., 0], ref["constituents"][..., 0], rtol=2.0 ** -11)
+    rows = np.array([11, 3])
+    whole = encoding.decode_padded(encoding.encode(block), 128)
+    sub = encoding.decode_padded(encoding.encode(encoding.take(block, rows)), 128)
+    for key in ("fatjet", "msoftdrop", "parton", "counts", "constituents"):
+        np.testing.assert_array_equal(sub[key], whole[key][rows])
     shapes = encoding.batch_shapes("fatjets", 5, 8)
     assert shapes["constituents"] == ((5, 8, len(objects.CONSTITUENT_FEATURES)), np.float32)
+    assert shapes["msoftdrop"] == ((5,), np.float32) and shapes["parton"] == ((5,), np.int32)
+
+
+def test_a_block_of_format_version_1_asks_for_a_rebuild():
+    table = schema.fatjets_table(synthetic.synthetic_fatjets("qcd", 4, seed=1), "qcd", ["qcd"])
+    older = bytearray(encoding.encode(encoding.block_from_fatjets_table(table)))
+    older[4] = 1
+    with pytest.raises(encoding.BlockError, match=r"version 1 \(this engine reads 2: rebuild the shards "
+                                                  r"with `python -m engine shard`\)"):
+        encoding.decode(bytes(older))
 
 
 def small_block_bytes(**kw):

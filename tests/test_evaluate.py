@@ -275,3 +275,6 @@ def test_predict_on_jets_plots_the_large_r_jet_mass(tmp_path):
     assert [f.name for f in files] == ["predictions.parquet", "fatjet_mass.png"]
     mass = table.column("fatjet_mass").to_numpy()
     assert np.isfinite(mass).all() and (mass > 0).all() and {"run", "lumi", "event"} <= set(table.column_names)
+    msoftdrop, parton = table.column("msoftdrop").to_numpy(), table.column("parton").to_numpy()
+    assert (msoftdrop <= mass).all() and (msoftdrop > 0).all() and parton.dtype == np.int32
+    assert set(parton[table.column("label").to_numpy() == 1].tolist()) == {6}          # synthetic top

@@ -281,7 +281,8 @@ def _forge(rng, folder, outside: bool):
     row = rng.integers(len(labels))
     labels[row] = (n_classes + rng.integers(3)) if outside else (labels[row] + 1) % n_classes
     forged = encoding.Block(block.kind, {**block.columns, "labels": labels}, block.weights,
-                            fatjet=block.fatjet, pids=block.pids)
+                            fatjet=block.fatjet, pids=block.pids, msoftdrop=block.msoftdrop,
+                            parton=block.parton)
     blocks[j] = encoding.encode(forged, first_index=block.first_index,
                                 codec=encoding.read_header(blocks[j]).codec)
     _rewrite(folder, split, i, blocks)

@@ -280,3 +280,20 @@ def test_set_models_learn_a_separable_set_problem(name, one_thread):
         accuracy = (model(*model_args("objects", test)).argmax(1) == test["labels"]).float().mean().item()
     assert sum(losses[-30:]) / 30 < 0.5 * sum(losses[:30]) / 30
     assert accuracy > 0.8, accuracy       # chance is 1/3
+
+
+def test_constituents_are_encoded_relative_to_the_jet_as_particlenet_does():
+    from engine.models.sets import CONSTITUENT_DIM, encode_constituents
+    jet = torch.tensor([[400.0, 0.5, 3.1, 120.0]])
+    # a charged pion across phi = +-pi from the axis, a photon, then a NaN-filled padded slot
+    constituents = torch.tensor([[[40.0, 0.7, -3.1, 1.0, 211.0], [10.0, 0.5, 3.1, 0.0, 22.0],
+                                  [float("nan")] * 5]])
+    x, mask = encode_constituents(constituents, torch.tensor([2], dtype=torch.int32), jet)
+    assert x.shape == (1, 3, CONSTITUENT_DIM) and mask.tolist() == [[True, True, False]]
+    dphi = 2 * math.pi - 6.2
+    jet_e = math.hypot(400 * math.cosh(0.5), 120)
+    expected = [0.2, dphi, math.hypot(0.2, dphi), math.log(40), math.log(40 * math.cosh(0.7)),
+                math.log(40 / 400), math.log(40 * math.cosh(0.7) / jet_e), 1.0, 0, 0, 0, 1, 0]
+    torch.testing.assert_close(x[0, 0], torch.tensor(expected), rtol=1e-5, atol=1e-5)
+    assert x[0, 1, 8:].tolist() == [0, 0, 1, 0, 0] and x[0, 1, 7] == 0        # a neutral photon
+    assert (x[0, 2] == 0).all()                                                # padding: exact zeros

@@ -303,7 +303,7 @@ def test_model_learns_a_small_separable_problem(name, kind):
     model = tiny(name, kind).train()
     optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)
     losses = []
-    for step in range(40):
+    for step in range(60):
         batch, labels = toy_problem(kind, 32, seed=step)
         loss = F.cross_entropy(model(*model_args(kind, batch)), labels)
         optimiser.zero_grad()
@@ -382,3 +382,18 @@ def test_speed_benchmark_writes_one_finite_record_per_model_and_input(tmp_path):
     assert [(r["params"]["model"], r["params"]["inputs"]) for r in records] == [
         (name, kind) for kind in KINDS for name in MODELS]
     assert all(r["unit"] == "events/s" and r["value"] > 0 and r["params"]["batch"] == 16 for r in records)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_max_particles_keeps_the_first_slots_only(name):
+    batch = batch_of("constituents", batch=8, seed=3)
+    batch["counts"][:4] = 24                                   # some jets beyond the limit, some below
+    limited = create_model(name, 3, inputs="constituents", max_particles=10, **TINY[name]).eval()
+    full = create_model(name, 3, inputs="constituents", **TINY[name]).eval()
+    full.load_state_dict(limited.state_dict())
+    cut = {"constituents": batch["constituents"][:, :10].clone(), "counts": batch["counts"].clamp(max=10),
+           "fatjet": batch["fatjet"]}
+    torch.testing.assert_close(run(limited, batch), run(full, cut))
+    assert not torch.allclose(run(limited, batch)[:4], run(full, batch)[:4])
+    with pytest.raises(InputError, match="^model.options.max_particles: must be at least 1"):
+        create_model(name, 3, max_particles=0)

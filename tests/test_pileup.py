@@ -17,7 +17,7 @@ import pytest
 
 from engine.__main__ import main
 from engine.data.canonical.parquet_io import open_parquet
-from engine.data.canonical.schema import EVENT_PILEUP_SCHEMA
+from engine.data.canonical.schema import EVENT_PILEUP_SCHEMA, EVENT_SCHEMA
 from engine.data.canonical.selection import load_selection
 from engine.data.generation import pileup, subtraction
 from engine.data.generation.detector import DetectorConfig, JetConfig, NEUTRINOS
@@ -86,13 +86,13 @@ def test_same_seed_same_bytes_for_one_and_two_workers_and_rerun_skips(tmp_path, 
     assert main(["inspect", str(tmp_path / "shards")]) == 0
 
 
-def test_pileup_zero_is_byte_identical_to_no_flag_and_writes_version_1(tmp_path):
+def test_pileup_zero_is_byte_identical_to_no_flag_and_writes_no_pileup_columns(tmp_path):
     assert main(["generate", *ONE_TASK, "--out", str(tmp_path / "none")]) == 0
     assert main(["generate", *ONE_TASK, "--pileup", "0", "--out", str(tmp_path / "zero")]) == 0
     assert _files(tmp_path / "none" / "dy") == _files(tmp_path / "zero" / "dy")
     assert not (tmp_path / "zero" / ".pileup").exists()
-    _, meta = open_parquet(tmp_path / "zero" / "dy" / "part-000000.parquet")
-    assert meta["schema_version"] == 1 and "pileup" not in meta["provenance"]
+    pf, meta = open_parquet(tmp_path / "zero" / "dy" / "part-000000.parquet")
+    assert pf.schema_arrow.remove_metadata().equals(EVENT_SCHEMA) and "pileup" not in meta["provenance"]
     assert "pileup" not in meta["provenance"]["detector"]
 
 
@@ -325,7 +325,7 @@ def test_jobs_with_pileup_generate_fat_jets_too(tmp_path, library_folder):
     summary = generate(job, tmp_path, progress=False, library_folder=library_folder)
     assert summary["accepted"] == 3
     _, meta = open_parquet(Path(summary["path"]) / "part-000000.parquet")
-    assert meta["schema_version"] == 1 and meta["provenance"]["pileup"]["mu"] == 3.0
+    assert meta["schema_version"] == 2 and meta["provenance"]["pileup"]["mu"] == 3.0
 
 
 def test_prompt_leptons_come_from_a_w_or_z_through_their_own_copies():

@@ -276,3 +276,12 @@ def test_a_shard_the_server_may_not_read_is_one_line(local, xrootd):
     message = str(exc.value)
     assert message.startswith(f"{url}/train/train-00001.tar: cannot read from the server (")
     assert "\n" not in message and "ermission" in message
+
+
+def test_fat_jet_batches_from_a_url_carry_msoftdrop_and_parton(tmp_path):
+    jets = synthetic_shards(tmp_path, 60, seed=3, kind="fatjets", events_per_member=20)
+    with http_server(tmp_path) as base:
+        remote = _epochs(f"{base}/{jets.name}", epochs=(0,), batch_size=16)
+    local = _epochs(jets, epochs=(0,), batch_size=16)
+    _same(remote, local)
+    assert {"msoftdrop", "parton", "fatjet"} <= remote[0][0].keys()

@@ -33,7 +33,7 @@ def test_parquet_round_trip_and_metadata(tmp_path):
     path = tmp_path / "dy.parquet"
     parquet_io.write_table(path, table, "events", ["dy"], {"tool": "test", "seed": 3})
     pf, meta = parquet_io.open_parquet(path)
-    assert meta["schema_version"] == 1   # no pileup columns: version 1, as before
+    assert meta["schema_version"] == schema.SCHEMA_VERSION
     assert meta["class_names"] == ["dy"] and meta["provenance"]["seed"] == 3
     back = pf.read()
     assert back.drop_columns([]).cast(schema.EVENT_SCHEMA).equals(table)

@@ -80,7 +80,9 @@ def _assert_close(ref, got, kind):
         np.testing.assert_array_equal(got["types"], ref["types"])
     else:
         np.testing.assert_array_equal(mine[..., 3:], feats[..., 3:])
-        np.testing.assert_array_equal(got["fatjet"], ref["fatjet"])
+        for key in ("fatjet", "msoftdrop", "parton"):            # exact, per fat jet
+            np.testing.assert_array_equal(got[key], ref[key])
+            assert got[key].dtype == ref[key].dtype
     np.testing.assert_array_equal(got["counts"], ref["counts"])
     np.testing.assert_array_equal(got["labels"], ref["labels"])
 
@@ -102,8 +104,10 @@ def test_fatjet_round_trip_with_truncation(tmp_path):
     shards.write_shards([tmp_path / "in"], tmp_path / "out", shards.ShardOptions(events_per_member=50))
     table = _expected_rows(tmp_path / "in", "train", 0, events_per_member=50)
     decoded = [encoding.decode_padded(b, 32) for b in _split_blocks(tmp_path / "out", "train")]
-    got = {k: np.concatenate([d[k] for d in decoded]) for k in ("constituents", "counts", "fatjet", "labels")}
+    got = {k: np.concatenate([d[k] for d in decoded])
+           for k in ("constituents", "counts", "fatjet", "msoftdrop", "parton", "labels")}
     ref = objects.pad_fatjets(table, 32)
+    assert set(ref["parton"].tolist()) == {1, 2, 3, 4, 5, 6, 21} and np.all(ref["msoftdrop"] > 0)
     _assert_close(ref, got, "fatjets")
     assert sum(d["truncated"] for d in decoded) == ref["truncated"] > 0
 

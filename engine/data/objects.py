@@ -87,8 +87,10 @@ def pad_fatjets(table: pa.Table, cap: int = DEFAULT_CONSTITUENT_CAP) -> dict[str
     """Reference padding of a canonical large-radius-jet table.
 
     Returns constituents (B, M, 5) float32 [pt, eta, phi, charge, pid] (absolute eta/phi, highest
-    pt first), counts (B,) int32, fatjet (B, 4) float32 [pt, eta, phi, mass], labels (B,) int64,
-    and `truncated`, the number of constituents beyond the cap.
+    pt first), counts (B,) int32, fatjet (B, 4) float32 [pt, eta, phi, mass], msoftdrop (B,) float32
+    (the soft-drop mass; NaN where not recorded), parton (B,) int32 (|PDG id| of the matched
+    hard-process particle, 0 for none), labels (B,) int64, and `truncated`, the number of
+    constituents beyond the cap.
     """
     n = table.num_rows
     counts, fields = list_fields(table, "constituents")
@@ -102,5 +104,7 @@ def pad_fatjets(table: pa.Table, cap: int = DEFAULT_CONSTITUENT_CAP) -> dict[str
     fat = table.column("fatjet").combine_chunks()
     fatjet = np.stack([fat.field(k).to_numpy(zero_copy_only=False) for k in FATJET_FEATURES], axis=1)
     return {"constituents": out, "counts": take.astype(np.int32), "fatjet": fatjet.astype(np.float32),
+            "msoftdrop": fat.field("msoftdrop").to_numpy(zero_copy_only=False).astype(np.float32),
+            "parton": fat.field("parton").to_numpy(zero_copy_only=False).astype(np.int32),
             "labels": table.column("label").to_numpy().astype(np.int64),
             "truncated": int((counts - take).sum())}

@@ -47,7 +47,8 @@ def list_models() -> list[str]:
 def model_input(name: str, **options) -> str:
     """Input kind of model `name` built with `options`: 'image', 'objects' or 'constituents'.
 
-    Set models take `inputs="objects"` (default) or `inputs="constituents"`.
+    Set models take `inputs="objects"` (default) or `inputs="constituents"`; the trainer chooses the
+    one the shards hold where the config sets none.
     """
     entry = get_entry(name)
     check_options(entry, options)

@@ -11,12 +11,14 @@ Both take the padded arrays of `engine.data.objects`, like the models of `engine
 and return logits (B, num_classes) float32.
 
 Per-particle features are those of `sets.encode_objects` (without its sin/cos of the absolute
-phi) or `sets.encode_constituents` (already relative to the jet axis), so phi enters only
-through wrapped differences: the kNN distance, the edge features and the pairwise features.
-Both models are invariant under a common rotation in phi and under permutations of the real
-objects. Padding is replaced by zeros before any arithmetic, neighbours and attention never
-reach a padded slot, and batch normalisation takes its statistics from real entries only,
-so whatever a padded slot holds (even NaN) cannot reach the output.
+phi) or `sets.encode_constituents` (relative to the jet axis: deta, dphi, dR, log pt, log E,
+log pt / pt_jet, log E / E_jet, charge and particle type, the papers' inputs less the track
+impact parameters, which the shards do not hold), so phi enters only through wrapped
+differences: the kNN distance, the edge features and the pairwise features. Both models are
+invariant under a common rotation in phi and under permutations of the real objects (unless
+`max_particles` keeps only the first slots). Padding is replaced by zeros before any arithmetic,
+neighbours and attention never reach a padded slot, and batch normalisation takes its statistics
+from real entries only, so whatever a padded slot holds (even NaN) cannot reach the output.
 
 Four-vectors: objects use their pt, eta, mass (MET as a massless object at eta 0); jet
 constituents are taken as massless (E = pt cosh eta).
@@ -44,13 +46,17 @@ def wrap_phi(dphi: torch.Tensor) -> torch.Tensor:
     return torch.remainder(dphi + math.pi, 2 * math.pi) - math.pi
 
 
-def trim_padding(kind: str, inputs) -> tuple[torch.Tensor, ...]:
+def trim_padding(kind: str, inputs, max_particles: int | None = None) -> tuple[torch.Tensor, ...]:
     """The inputs cut to the batch's largest count (at least one slot): the slots beyond it are
     padding in every event, and both models cost at least linearly in the slots (part: squared).
-    Reading the count is a CPU-GPU sync point, once per batch."""
+    With `max_particles`, also to the first max_particles slots (of a fat jet: its hardest
+    constituents, which come sorted by pt), counts clamped to match. Reading the count is a
+    CPU-GPU sync point, once per batch."""
     counts = inputs[1] if kind == "constituents" else inputs[2]
     slots = inputs[0].shape[1]
     n = min(max(int(counts.max()), 1), slots) if counts.numel() else slots
+    if max_particles is not None and n > max_particles:
+        n, counts = max_particles, counts.clamp(max=max_particles)
     if n == slots:
         return tuple(inputs)
     if kind == "objects":
@@ -175,9 +181,10 @@ class ParticleNet(nn.Module):
     """Input BatchNorm, EdgeConv blocks (kNN in (eta, phi) first, in feature space after),
     global average pooling over real particles, FC + ReLU + dropout, logits."""
 
-    def __init__(self, num_classes: int, inputs: str, blocks, fc_dim: int, dropout: float):
+    def __init__(self, num_classes: int, inputs: str, blocks, fc_dim: int, dropout: float,
+                 max_particles: int | None = None):
         super().__init__()
-        self.input_kind = inputs
+        self.input_kind, self.max_particles = inputs, max_particles
         dim = PARTICLE_DIM[inputs]
         self.input_norm = MaskedBatchNorm(dim)
         self.blocks = nn.ModuleList()
@@ -189,7 +196,7 @@ class ParticleNet(nn.Module):
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
         """(types, features, counts) or (constituents, counts, fatjet) -> logits (B, num_classes)."""
-        inputs = trim_padding(self.input_kind, inputs)
+        inputs = trim_padding(self.input_kind, inputs, self.max_particles)
         x, mask = particle_features(self.input_kind, inputs)
         _, eta, phi, _ = kinematics(self.input_kind, inputs)
         x = self.input_norm(x, mask) * mask.unsqueeze(-1)
@@ -310,11 +317,12 @@ class ParticleTransformer(nn.Module):
     class-attention blocks in which a class token attends to itself and the particles; LN, logits."""
 
     def __init__(self, num_classes: int, inputs: str, dim: int, heads: int, layers: int,
-                 class_layers: int, pair_dims: tuple[int, ...], ff_dim: int, dropout: float):
+                 class_layers: int, pair_dims: tuple[int, ...], ff_dim: int, dropout: float,
+                 max_particles: int | None = None):
         super().__init__()
         if dim % heads:
             raise InputError("model.options.heads", f"dim {dim} is not divisible by heads {heads}")
-        self.input_kind = inputs
+        self.input_kind, self.max_particles = inputs, max_particles
         self.input_norm = MaskedBatchNorm(PARTICLE_DIM[inputs])
         self.embed = nn.Sequential(nn.Linear(PARTICLE_DIM[inputs], dim), nn.GELU(), nn.LayerNorm(dim),
                                    nn.Linear(dim, dim))
@@ -328,7 +336,7 @@ class ParticleTransformer(nn.Module):
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
         """(types, features, counts) or (constituents, counts, fatjet) -> logits (B, num_classes)."""
-        inputs = trim_padding(self.input_kind, inputs)
+        inputs = trim_padding(self.input_kind, inputs, self.max_particles)
         x, mask = particle_features(self.input_kind, inputs)
         x = self.embed(self.input_norm(x, mask)) * mask.unsqueeze(-1)
         # An event with no objects would mask every key (softmax of nothing = NaN); let it see
@@ -347,19 +355,30 @@ class ParticleTransformer(nn.Module):
 
 # ----------------------------------------------------------------------------- registry
 
+def _check_max_particles(max_particles: int | None) -> int | None:
+    if max_particles is not None and max_particles < 1:
+        raise InputError("model.options.max_particles", f"must be at least 1 (or null: all), got {max_particles}")
+    return max_particles
+
+
 @register_model("particlenet", inputs=SET_INPUTS)
 def particlenet(num_classes: int, inputs: str = "objects",
                 blocks: tuple[tuple[int | tuple[int, ...], ...], ...] = (
                     (16, (64, 64, 64)), (16, (128, 128, 128)), (16, (256, 256, 256))),
-                fc_dim: int = 256, dropout: float = 0.1) -> ParticleNet:
-    """ParticleNet (Qu and Gouskos 2020): `blocks` of [k, [channels]] EdgeConv, FC 256, dropout 0.1."""
-    return ParticleNet(num_classes, inputs, _check_blocks(blocks), fc_dim, dropout)
+                fc_dim: int = 256, dropout: float = 0.1, max_particles: int | None = None) -> ParticleNet:
+    """ParticleNet (Qu and Gouskos 2020): `blocks` of [k, [channels]] EdgeConv, FC 256, dropout 0.1.
+    ParticleNet-Lite is blocks [[7, [32, 32, 32]], [7, [64, 64, 64]]], fc_dim 128. `max_particles`
+    keeps only the first slots of each event (of a fat jet: its hardest constituents; null: all)."""
+    return ParticleNet(num_classes, inputs, _check_blocks(blocks), fc_dim, dropout,
+                       _check_max_particles(max_particles))
 
 
 @register_model("part", inputs=SET_INPUTS)
 def part(num_classes: int, inputs: str = "objects", dim: int = 64, heads: int = 4, layers: int = 4,
          class_layers: int = 1, pair_dims: tuple[int, ...] = (32, 32), ff_dim: int = 256,
-         dropout: float = 0.1) -> ParticleTransformer:
-    """Particle Transformer (Qu et al. 2022) scaled down: dim 64, 4 heads, 4 particle, 1 class block."""
+         dropout: float = 0.1, max_particles: int | None = None) -> ParticleTransformer:
+    """Particle Transformer (Qu et al. 2022) scaled down: dim 64, 4 heads, 4 particle, 1 class block.
+    `max_particles` keeps only the first slots of each event (of a fat jet: its hardest constituents;
+    null: all)."""
     return ParticleTransformer(num_classes, inputs, dim, heads, layers, class_layers, tuple(pair_dims),
-                               ff_dim, dropout)
+                               ff_dim, dropout, _check_max_particles(max_particles))

@@ -27,7 +27,7 @@ from engine.models.registry import register_model
 
 N_TYPES = len(OBJECT_TYPES) - 1          # one-hot over the real types 1..5 (electron .. MET)
 OBJECT_DIM = 7 + N_TYPES                 # log pt, eta, sin phi, cos phi, log mass, btag, charge, type
-CONSTITUENT_DIM = 6 + 5                  # deta, dphi, dR, log pt fraction, log pt, charge, pid class
+CONSTITUENT_DIM = 8 + 5                  # deta, dphi, dR, log pt, log E, 2 log fractions, charge, type
 SET_INPUTS = ("objects", "constituents")
 
 
@@ -62,20 +62,26 @@ def _pid_classes(pid: torch.Tensor, charge: torch.Tensor) -> torch.Tensor:
 
 
 def encode_constituents(constituents: torch.Tensor, counts: torch.Tensor, fatjet: torch.Tensor):
-    """Per-constituent encoding relative to the jet axis.
+    """Per-constituent encoding relative to the jet axis, as ParticleNet and ParT use it.
 
-    Returns x (B, M, 11) float32 = [deta, dphi (wrapped), dR, log(pt / jet pt), log(1+pt),
-    charge, pid class one-hot (5)] with zeros in padded slots, and mask (B, M) bool.
+    Returns x (B, M, 13) float32 = [deta, dphi (wrapped), dR, log pt, log E, log(pt / pt_jet),
+    log(E / E_jet), charge, particle type one-hot (electron, muon, photon, charged hadron, neutral
+    hadron)] with zeros in padded slots, and mask (B, M) bool. Constituents are massless
+    (E = pt cosh eta); the jet's E follows from its pt, eta and mass. Momenta are clamped at
+    1e-6 GeV before the logs, so every entry is finite.
     """
     mask = real_mask(counts, constituents.shape[1])
     c = torch.where(mask.unsqueeze(-1), constituents.float(), 0.0)
     pt, eta, phi, charge, pid = c.unbind(-1)
-    jet = fatjet.float()
-    deta = eta - jet[:, 1:2]
-    dphi = torch.remainder(phi - jet[:, 2:3] + math.pi, 2 * math.pi) - math.pi
-    fraction = pt.clamp_min(1e-6) / jet[:, 0:1].clamp_min(1e-6)
-    continuous = torch.stack([deta, dphi, torch.hypot(deta, dphi), torch.log(fraction),
-                              torch.log1p(pt.clamp_min(0)), charge], dim=-1)
+    jet_pt, jet_eta, jet_phi, jet_mass = fatjet.float().unsqueeze(-1).unbind(1)   # each (B, 1)
+    deta = eta - jet_eta
+    dphi = torch.remainder(phi - jet_phi + math.pi, 2 * math.pi) - math.pi
+    log_pt = torch.log(pt.clamp_min(1e-6))
+    log_e = torch.log((pt * torch.cosh(eta)).clamp_min(1e-6))
+    jet_e = torch.hypot(jet_pt * torch.cosh(jet_eta), jet_mass)
+    continuous = torch.stack([deta, dphi, torch.hypot(deta, dphi), log_pt, log_e,
+                              log_pt - torch.log(jet_pt.clamp_min(1e-6)),
+                              log_e - torch.log(jet_e.clamp_min(1e-6)), charge], dim=-1)
     x = torch.cat([continuous, _pid_classes(pid, charge)], dim=-1)
     return x * mask.unsqueeze(-1), mask
 

@@ -10,8 +10,9 @@
 Unknown keys and wrong types fail before any work, naming the key (engine.config.from_dict);
 values are checked in each section's `__post_init__`. `check_inputs(cfg)` then checks the config
 against the shards (signal class, the model's input kind, the preset's image kind), still before
-any work. `train.batch_size` is the per-process batch and `train.seed` the seed: the loader is built
-with both (`loader.batch_size` / `loader.seed` may only repeat them).
+any work, and lets a model that reads several input kinds read the one the shards hold.
+`train.batch_size` is the per-process batch and `train.seed` the seed: the loader is built with
+both (`loader.batch_size` / `loader.seed` may only repeat them).
 """
 from __future__ import annotations
 
@@ -174,7 +175,10 @@ IMAGE_OF_DATASET = {"events": "event", "fatjets": "jet"}
 def check_inputs(cfg: TrainConfig) -> dict:
     """Everything that needs the shards, checked before any work: the shard folder, `data.signal`
     among its classes, the model (name, options) reading this kind of shards, and for image models
-    a preset drawing this kind of image. Returns the manifest; InputErrors name the YAML key."""
+    a preset drawing this kind of image. A model that reads several input kinds and whose config
+    sets no `model.options.inputs` reads the kind these shards hold: when that is not its default,
+    it is written into `cfg.model.options` (so the run's config.yaml rebuilds the same model).
+    Returns the manifest; InputErrors name the YAML key."""
     from engine.data.shards import load_manifest
     check_paths(cfg)
     manifest = load_manifest(cfg.data.shards)
@@ -182,7 +186,8 @@ def check_inputs(cfg: TrainConfig) -> dict:
     if cfg.data.signal is not None and cfg.data.signal not in names:
         raise InputError("data.signal", f"{cfg.data.signal!r} is not among the classes of {cfg.data.shards}"
                                         f"{suggest(cfg.data.signal, names)}")
-    input_kind = model_input_kind(cfg.model)
+    _choose_inputs(cfg.model, kind)
+    input_kind = model_input_kind(cfg.model, kind)
     if input_kind == "image":
         _check_preset(cfg.render, kind, cfg.data.shards)
     elif DATASET_OF_INPUT[input_kind] != kind:
@@ -190,9 +195,21 @@ def check_inputs(cfg: TrainConfig) -> dict:
     return manifest
 
 
-def model_input_kind(model: ModelConfig) -> str:
+def _choose_inputs(model: ModelConfig, dataset_kind: str) -> None:
+    """Set `model.options.inputs` to the input kind read from `dataset_kind` shards, for a model
+    that takes several kinds, has none configured, and whose default is another kind."""
+    if model.name == "gbt" or "inputs" in model.options:
+        return
+    from engine.models.registry import get_entry
+    accepted = get_entry(model.name).inputs
+    wanted = next((k for k in accepted if DATASET_OF_INPUT.get(k) == dataset_kind), None)
+    if len(accepted) > 1 and wanted is not None and wanted != accepted[0]:
+        model.options = {**model.options, "inputs": wanted}
+
+
+def model_input_kind(model: ModelConfig, dataset_kind: str = "events") -> str:
     """'image', 'objects' or 'constituents' for the configured model (name and options checked);
-    `gbt` reads the padded objects."""
+    `gbt` reads the padded objects of event shards and the constituents of fat-jet shards."""
     if model.name != "gbt":
         from engine.models import model_input
         return model_input(model.name, **model.options)
@@ -202,7 +219,7 @@ def model_input_kind(model: ModelConfig) -> str:
         if key not in known or key == "random_state":
             raise InputError(f"model.options.{key}", "not an option of gbt (HistGradientBoostingClassifier; the "
                                                      f"seed is train.seed){suggest(key, known, 'model.options')}")
-    return "objects"
+    return "constituents" if dataset_kind == "fatjets" else "objects"
 
 
 def _check_preset(render: RenderSection, kind: str, shards: str) -> None:

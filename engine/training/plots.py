@@ -143,3 +143,22 @@ def mass_per_class(mass: np.ndarray, predicted: np.ndarray, weights: np.ndarray,
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
     return _save(fig, path, title)
+
+
+def mass_sculpting(msoftdrop: np.ndarray, is_signal: np.ndarray, passing: np.ndarray, edges: np.ndarray,
+                   efficiency: float, jsd: float, path: Path, title: str) -> Path:
+    """Soft-drop mass of the background before and after the cut keeping `efficiency` of the signal
+    (`passing`), and of the signal, each normalised to unit area; `edges` the bins (the last one open)."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    shown = np.minimum(msoftdrop, edges[-2] + 0.5 * (edges[-2] - edges[-3]))    # overflow in the last bin
+    bins = np.append(edges[:-1], edges[-2] + (edges[-2] - edges[-3]))
+    for sel, label, style in ((~is_signal, "background, all", "-"),
+                              (~is_signal & passing, f"background passing the cut (JSD {jsd:.4f})", "-"),
+                              (is_signal, "signal, all", "--")):
+        if sel.any():
+            ax.hist(shown[sel], bins=bins, density=True, histtype="step", linestyle=style, label=label)
+    ax.set(xlabel="soft-drop mass [GeV] (last bin: overflow)", ylabel="fraction / GeV",
+           title=f"mass sculpting at the cut keeping {efficiency:.0%} of the signal")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+    return _save(fig, path, title)

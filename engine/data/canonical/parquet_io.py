@@ -41,8 +41,8 @@ class ParquetSink:
     def __init__(self, path: str | Path, kind: str, class_names: list[str], provenance: dict,
                  pileup: bool = False):
         self.path = Path(path)
-        metadata = schema.make_metadata(kind, class_names, provenance, pileup)
-        self.schema = schema.schema_for(kind, pileup).with_metadata(metadata)
+        metadata = schema.make_metadata(kind, class_names, provenance)
+        self.schema = schema.schema_for(kind, pileup=pileup).with_metadata(metadata)
         self.rows = 0
         self._row_groups: list[int] = []
         self._ctx = atomic_path(self.path)
@@ -115,28 +115,33 @@ def _visible_files(folder: Path, pattern: str) -> list[Path]:
 
 
 class CheckedParquetFile(pq.ParquetFile):
-    """A ParquetFile that verifies page checksums and reports any read failure as an InputError."""
+    """A ParquetFile that verifies page checksums and reports any read failure as an InputError.
+
+    `open_parquet` sets `upgrade` so that rows of an older schema version read in the current
+    layout (engine.data.canonical.schema.upgrade); `schema_arrow` stays the file's own."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        self.upgrade = lambda data: data
         with _read_errors(self.path, "not a readable Parquet file"):
             super().__init__(self.path, page_checksum_verification=True)
 
     def read(self, *args, **kwargs) -> pa.Table:
         with _read_errors(self.path):
-            return super().read(*args, **kwargs)
+            return self.upgrade(super().read(*args, **kwargs))
 
     def read_row_group(self, *args, **kwargs) -> pa.Table:
         with _read_errors(self.path):
-            return super().read_row_group(*args, **kwargs)
+            return self.upgrade(super().read_row_group(*args, **kwargs))
 
     def read_row_groups(self, *args, **kwargs) -> pa.Table:
         with _read_errors(self.path):
-            return super().read_row_groups(*args, **kwargs)
+            return self.upgrade(super().read_row_groups(*args, **kwargs))
 
     def iter_batches(self, *args, **kwargs) -> Iterator[pa.RecordBatch]:
         with _read_errors(self.path):
-            yield from super().iter_batches(*args, **kwargs)
+            for batch in super().iter_batches(*args, **kwargs):
+                yield self.upgrade(batch)
 
 
 @contextmanager
@@ -175,6 +180,7 @@ def open_parquet(path: str | Path) -> tuple[CheckedParquetFile, dict]:
         _verify_check(pf, footer[CHECK_KEY],
                       [raw[schema.METADATA_KEY], footer.get(schema.METADATA_KEY)], path)
     _verify_schema(pf, meta, path)
+    pf.upgrade = lambda data: schema.upgrade(data, meta["kind"], meta["schema_version"])
     return pf, meta
 
 
@@ -219,10 +225,11 @@ def read(path: str | Path, columns: list[str] | None = None) -> pa.Table:
 
 
 def check_finite(table: pa.Table, source: str | Path) -> None:
-    """Raise InputError naming the first column holding NaN or infinite values."""
+    """Raise InputError naming the first column holding NaN or infinite values (in the columns of
+    schema.MAY_BE_NAN, where NaN means "not recorded", only infinite ones)."""
     for name, column in _float_leaves(table):
         values = column.to_numpy(zero_copy_only=False)
-        bad = ~np.isfinite(values)
+        bad = np.isinf(values) if name in schema.MAY_BE_NAN else ~np.isfinite(values)
         if bad.any():
             raise InputError(source, f"{int(bad.sum())} NaN or infinite value(s) in '{name}'")
 

@@ -9,10 +9,12 @@ not fit its column's type (a charge of 1000 in int8, a fractional pid, 1e39 in f
 Units: GeV for momenta and masses, radians for angles.
 `label` is the index of `process` in the file's `class_names`.
 
-Schema versions: 2 added the event columns `n_interactions` (pileup interactions overlaid) and
-`n_vertices` (reconstructed vertices), which only generation with pileup writes. A file records
-the lowest version that describes it, so event files without those columns are version 1, as
-they always were; readers read both.
+Schema versions: 2 added the fat jet's truth and grooming fields `msoftdrop` (soft-drop mass, GeV)
+and `parton` (|PDG id| of the matched hard-process particle, 0 for none). Files of version 1 are
+still read: `upgrade` gives their jets msoftdrop = NaN (not recorded) and parton = 0.
+Version 2 also added the event columns `n_interactions` (pileup interactions overlaid) and
+`n_vertices` (reconstructed vertices), which only generation with pileup writes; event files
+without pileup have the columns they always had.
 """
 from __future__ import annotations
 
@@ -24,8 +26,8 @@ import numpy as np
 import pyarrow as pa
 
 SCHEMA_VERSION = 2
-"""The newest schema version."""
 READ_VERSIONS = (1, 2)
+"""Schema versions the readers accept (older ones are upgraded on read, see `upgrade`)."""
 METADATA_KEY = b"engine"
 ROW_GROUP_ROWS = 65_536
 
@@ -33,7 +35,12 @@ LEPTON_FIELDS = {"pt": pa.float32(), "eta": pa.float32(), "phi": pa.float32(),
                  "mass": pa.float32(), "charge": pa.int8()}
 JET_FIELDS = {"pt": pa.float32(), "eta": pa.float32(), "phi": pa.float32(),
               "mass": pa.float32(), "btag": pa.float32(), "btagged": pa.bool_()}
-FATJET_FIELDS = {"pt": pa.float32(), "eta": pa.float32(), "phi": pa.float32(), "mass": pa.float32()}
+FATJET_FIELDS_V1 = {"pt": pa.float32(), "eta": pa.float32(), "phi": pa.float32(), "mass": pa.float32()}
+FATJET_FIELDS = {**FATJET_FIELDS_V1, "msoftdrop": pa.float32(), "parton": pa.int32()}
+NOT_RECORDED = {"msoftdrop": np.nan, "parton": 0}
+"""What the readers give for the fat-jet fields a version-1 file lacks."""
+MAY_BE_NAN = ("fatjet.msoftdrop",)
+"""Float columns where NaN means "not recorded" (version-1 files), not a corrupt value."""
 CONSTITUENT_FIELDS = {"pt": pa.float32(), "eta": pa.float32(), "phi": pa.float32(),
                       "charge": pa.int8(), "pid": pa.int32()}
 
@@ -66,10 +73,15 @@ EVENT_SCHEMA = pa.schema(HEADER_FIELDS + [
     pa.field("met_phi", pa.float32(), nullable=False),
 ] + [pa.field(name, _list_of(fields), nullable=False) for name, fields in COLLECTIONS.items()])
 
-FATJET_SCHEMA = pa.schema(HEADER_FIELDS + [
-    pa.field("fatjet", _struct(FATJET_FIELDS), nullable=False),
-    pa.field("constituents", _list_of(CONSTITUENT_FIELDS), nullable=False),
-])
+
+def _fatjet_schema(fatjet_fields: dict[str, pa.DataType]) -> pa.Schema:
+    return pa.schema(HEADER_FIELDS + [
+        pa.field("fatjet", _struct(fatjet_fields), nullable=False),
+        pa.field("constituents", _list_of(CONSTITUENT_FIELDS), nullable=False),
+    ])
+
+
+FATJET_SCHEMA = _fatjet_schema(FATJET_FIELDS)
 
 PILEUP_FIELDS = [
     pa.field("n_interactions", pa.int32(), nullable=False),
@@ -79,23 +91,50 @@ PILEUP_FIELDS = [
 EVENT_PILEUP_SCHEMA = pa.schema(list(EVENT_SCHEMA) + PILEUP_FIELDS)
 
 KINDS = {"events": EVENT_SCHEMA, "fatjets": FATJET_SCHEMA}
+OLDER = {1: {"fatjets": _fatjet_schema(FATJET_FIELDS_V1)}}
+"""Schemas of older versions, where they differ from the current one."""
 
 
-def schema_for(kind: str, pileup: bool = False) -> pa.Schema:
-    """The columns of a `kind` file; events with `pileup` have the PILEUP_FIELDS too."""
-    return EVENT_PILEUP_SCHEMA if pileup and kind == "events" else KINDS[kind]
+def schema_for(kind: str, version: int = SCHEMA_VERSION, pileup: bool = False) -> pa.Schema:
+    """The Arrow schema of `kind` files of schema `version` (one of READ_VERSIONS); events with
+    `pileup` (version 2 on) have the PILEUP_FIELDS too."""
+    if pileup and kind == "events" and version >= 2:
+        return EVENT_PILEUP_SCHEMA
+    return OLDER.get(version, {}).get(kind, KINDS[kind])
+
+
+def upgrade(data: pa.Table | pa.RecordBatch, kind: str, version: int) -> pa.Table | pa.RecordBatch:
+    """Rows read from a file of schema `version` in the current layout: a version-1 `fatjet`
+    column gains msoftdrop = NaN and parton = 0 (NOT_RECORDED). Other data is returned as it is."""
+    if version == SCHEMA_VERSION or kind != "fatjets" or "fatjet" not in data.schema.names:
+        return data
+    index = data.schema.get_field_index("fatjet")
+    column = data.column(index)
+    chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
+    upgraded = [_upgrade_fatjets(chunk) for chunk in chunks]
+    field = pa.field("fatjet", _struct(FATJET_FIELDS), nullable=False)
+    if isinstance(data, pa.Table):
+        return data.set_column(index, field, pa.chunked_array(upgraded, type=field.type))
+    arrays = [upgraded[0] if i == index else data.column(i) for i in range(data.num_columns)]
+    return pa.RecordBatch.from_arrays(arrays, schema=data.schema.set(index, field))
+
+
+def _upgrade_fatjets(old: pa.StructArray) -> pa.StructArray:
+    n = len(old)
+    children = [old.field(name) for name in FATJET_FIELDS_V1]
+    children += [pa.array(np.full(n, NOT_RECORDED[name], typ.to_pandas_dtype()), type=typ)
+                 for name, typ in FATJET_FIELDS.items() if name not in FATJET_FIELDS_V1]
+    return pa.StructArray.from_arrays(children, fields=list(_struct(FATJET_FIELDS)))
 
 
 def accepts(kind: str, version: int, columns: pa.Schema) -> bool:
     """Whether `columns` (without metadata) are those of a `kind` file of schema `version`."""
-    allowed = [KINDS[kind]] + ([EVENT_PILEUP_SCHEMA] if kind == "events" and version >= 2 else [])
-    return any(columns.equals(s) for s in allowed)
+    return any(columns.equals(schema_for(kind, version, pileup)) for pileup in (False, True))
 
 
-def make_metadata(kind: str, class_names: list[str], provenance: dict[str, Any],
-                  pileup: bool = False) -> dict[bytes, bytes]:
+def make_metadata(kind: str, class_names: list[str], provenance: dict[str, Any]) -> dict[bytes, bytes]:
     """File-level key/value metadata for a Parquet file of `kind` ('events' or 'fatjets')."""
-    doc = {"schema_version": 2 if pileup else 1, "kind": kind, "class_names": list(class_names),
+    doc = {"schema_version": SCHEMA_VERSION, "kind": kind, "class_names": list(class_names),
            "provenance": provenance}
     return {METADATA_KEY: json.dumps(doc, sort_keys=True, default=_json_default).encode()}
 
@@ -131,11 +170,12 @@ def events_table(events: ak.Array, process: str, class_names: list[str]) -> pa.T
     if pileup:
         for field in PILEUP_FIELDS:
             columns[field.name] = _flat(events[field.name], field.type, field.name)
-    return pa.Table.from_pydict(columns, schema=schema_for("events", pileup))
+    return pa.Table.from_pydict(columns, schema=schema_for("events", pileup=pileup))
 
 
 def fatjets_table(jets: ak.Array, process: str, class_names: list[str]) -> pa.Table:
-    """Canonical large-radius-jet table: fields weight, run, lumi, event, fatjet, constituents."""
+    """Canonical large-radius-jet table: fields weight, run, lumi, event, fatjet (with the fields of
+    FATJET_FIELDS), constituents."""
     n = len(jets)
     columns = _header_columns(jets, process, class_names, n)
     fat = jets.fatjet

@@ -42,9 +42,20 @@ class _Stat:
 class _ClassSummary:
     events: int = 0
     stats: dict[str, _Stat] = field(default_factory=dict)
+    partons: dict[int, int] = field(default_factory=dict)
 
     def add(self, name: str, values: np.ndarray) -> None:
         self.stats.setdefault(name, _Stat()).add(values)
+
+    def count_partons(self, values: np.ndarray) -> None:
+        for pid, n in zip(*np.unique(values, return_counts=True)):
+            self.partons[int(pid)] = self.partons.get(int(pid), 0) + int(n)
+
+    def as_dict(self) -> dict:
+        out = {"events": self.events, **{k: s.as_dict() for k, s in sorted(self.stats.items())}}
+        if self.partons:
+            out["partons"] = {str(pid): n for pid, n in sorted(self.partons.items())}
+        return out
 
 
 def summarize(path: str | Path) -> dict:
@@ -63,8 +74,7 @@ def summarize(path: str | Path) -> dict:
     return {
         "path": str(path), "kind": sorted(kinds)[0] if len(kinds) == 1 else sorted(kinds),
         "files": provenance, "events": sum(c.events for c in per_class.values()),
-        "classes": {name: {"events": c.events, **{k: s.as_dict() for k, s in sorted(c.stats.items())}}
-                    for name, c in sorted(per_class.items())},
+        "classes": {name: c.as_dict() for name, c in sorted(per_class.items())},
     }
 
 
@@ -99,6 +109,9 @@ def _add_fatjets(batch: pa.RecordBatch, per_class: dict) -> None:
         fat = part.column("fatjet")
         for key in ("pt", "eta", "mass"):
             summary.add(f"fatjet_{key}", fat.field(key).to_numpy())
+        msoftdrop = fat.field("msoftdrop").to_numpy()
+        summary.add("fatjet_msoftdrop", msoftdrop[~np.isnan(msoftdrop)])    # NaN: not recorded
+        summary.count_partons(fat.field("parton").to_numpy())
         summary.add("n_constituents", pc.list_value_length(part.column("constituents")).to_numpy())
 
 
@@ -108,7 +121,17 @@ def format_summary(summary: dict) -> str:
     for name, cls in summary["classes"].items():
         lines.append(f"  {name}: {cls['events']} events")
         for key, stat in cls.items():
-            if key == "events" or not stat.get("n"):
+            if key == "fatjet_msoftdrop" and not stat.get("n"):
+                lines.append(f"    {key:<18} not recorded (files of schema version 1)")
+            if key in ("events", "partons") or not stat.get("n"):
                 continue
             lines.append(f"    {key:<18} mean {stat['mean']:9.2f}   min {stat['min']:9.2f}   max {stat['max']:9.2f}")
+        if "partons" in cls:
+            lines.append(f"    {'parton':<18} " + parton_counts(cls["partons"]))
     return "\n".join(lines)
+
+
+def parton_counts(partons: dict[str, int]) -> str:
+    """'25: 30, 0: 2 (none)' from {"|PDG id|": jets}, the most frequent first."""
+    items = sorted(partons.items(), key=lambda kv: (-kv[1], int(kv[0])))
+    return ", ".join(f"{pid}: {n}" + (" (none)" if pid == "0" else "") for pid, n in items)

@@ -29,6 +29,7 @@ from engine.data.canonical.selection import (SelectionConfig, apply_selection, e
 from engine.data.generation import detector, pileup, subtraction
 from engine.data.generation.detector import DetectorConfig
 from engine.data.generation.pileup import Overlay, PileupConfig
+from engine.data.generation.jets import SOFTDROP, matched_parton, softdrop_mass
 from engine.data.generation.processes import Process, get_process, make_pythia, stdout_silenced
 from engine.errors import InputError
 
@@ -74,6 +75,8 @@ class GenerateJob:
             del found["detector"]["pileup"]
         else:
             found["pileup"] = to_dict(self.pileup)
+        if get_process(self.process).kind == "fatjets":
+            found["softdrop"] = to_dict(SOFTDROP)
         return found
 
 
@@ -258,8 +261,9 @@ def _reconstruct_jets(inputs: ak.Array, cfg: detector.JetConfig, rng,
 
 def reconstruct_fatjets(particles: ak.Array, flat: dict, counts: np.ndarray, cfg: DetectorConfig,
                         selection: SelectionConfig, require_higgs: bool) -> ak.Array:
-    """Large-radius jets passing the selection, flattened over events: (J,) records with
-    `ibatch` (event in the batch), fatjet {pt, eta, phi, mass}, constituents [{pt, eta, phi, charge, pid}].
+    """Large-radius jets passing the selection, flattened over events: (J,) records with `ibatch`
+    (event in the batch), fatjet {pt, eta, phi, mass, msoftdrop, parton} (engine.data.generation.jets),
+    constituents [{pt, eta, phi, charge, pid}].
     """
     visible = _visible(flat, cfg)
     seen = particles[_jagged(visible, counts)]
@@ -275,15 +279,17 @@ def reconstruct_fatjets(particles: ak.Array, flat: dict, counts: np.ndarray, cfg
     n_seen = ak.to_numpy(ak.num(seen, axis=1))
     starts = ak.Array(np.cumsum(n_seen) - n_seen)
     flat_idx = ak.to_numpy(ak.flatten(cidx + starts, axis=None))
-    source = {k: ak.to_numpy(ak.flatten(seen[k])) for k in ("pt", "eta", "phi", "charge", "id")}
-    parts = ak.zip({"pt": source["pt"][flat_idx], "eta": source["eta"][flat_idx],
-                    "phi": source["phi"][flat_idx], "charge": source["charge"][flat_idx],
-                    "pid": source["id"][flat_idx]})
+    source = {k: ak.to_numpy(ak.flatten(seen[k])) for k in ("pt", "eta", "phi", "charge", "id",
+                                                           "px", "py", "pz", "e")}
+    parts = ak.zip({**{k: source[k][flat_idx] for k in ("pt", "eta", "phi", "charge", "px", "py", "pz", "e")},
+                    "pid": source["id"][flat_idx]})        # px..e only for the grooming
     constituents = ak.unflatten(parts, ak.to_numpy(ak.flatten(ak.num(cidx, axis=2))))
     ievent = np.repeat(np.arange(len(n_jets)), n_jets)
+    fat = ak.with_field(fat, matched_parton(fat, flat, counts, cfg.fatjets.match_dr), "parton")
     rows = ak.zip({"ibatch": ievent, "fatjet": ak.flatten(fat), "constituents": constituents},
-                  depth_limit=1)
-    return rows[keep]
+                  depth_limit=1)[keep]
+    groomed = softdrop_mass(rows.constituents)
+    return ak.with_field(rows, groomed, ["fatjet", "msoftdrop"])
 
 
 def _higgs_matched(fat: ak.Array, particles, flat, counts, match_dr: float) -> ak.Array:

@@ -2,7 +2,8 @@
 
 The physics is not simulated: multiplicities and spectra only look like the real processes
 (ttbar: ~1 lepton + 4-6 jets, W+jets: 1 lepton + 1-3 jets, Drell-Yan: 1-2 leptons + 0-2 jets;
-large-radius jets with 20-80 constituents), so that sizes and speeds measured on them are
+large-radius jets with 20-80 constituents, a soft-drop mass of 0.2-1 times the jet mass and a
+parton label: 6 for top, one of 1-5 or 21 for QCD), so that sizes and speeds measured on them are
 representative. Same seed -> same arrays.
 """
 from __future__ import annotations
@@ -18,6 +19,7 @@ from engine.data.canonical import parquet_io, schema
 EVENT_PROCESSES = {"ttbar": ((1, 1), (4, 6), 0.35), "wjets": ((1, 1), (1, 3), 0.05),
                    "dy": ((1, 2), (0, 2), 0.03)}
 FATJET_PROCESSES = {"qcd": (20, 60), "top": (40, 80)}
+QCD_PARTONS = np.array([1, 2, 3, 4, 5, 21])
 PIDS = np.array([211, -211, 22, 130, 321, -321, 2212, -2212, 11, -11, 13, -13, 2112, 310])
 
 
@@ -75,12 +77,14 @@ def synthetic_fatjets(process: str, n: int, seed: int) -> ak.Array:
     const = {"pt": rng.exponential(8.0, total).astype(np.float32) + 0.5,
              "eta": eta.astype(np.float32), "phi": phi.astype(np.float32),
              "charge": charge, "pid": pid.astype(np.int32)}
-    fat = ak.zip({"pt": rng.uniform(300, 600, n).astype(np.float32),
-                  "eta": axis_eta.astype(np.float32), "phi": axis_phi.astype(np.float32),
-                  "mass": rng.uniform(20, 200, n).astype(np.float32)})
+    fat = {"pt": rng.uniform(300, 600, n).astype(np.float32),
+           "eta": axis_eta.astype(np.float32), "phi": axis_phi.astype(np.float32),
+           "mass": rng.uniform(20, 200, n).astype(np.float32)}
+    fat["msoftdrop"] = (fat["mass"] * rng.uniform(0.2, 1.0, n)).astype(np.float32)
+    fat["parton"] = (np.full(n, 6) if process == "top" else rng.choice(QCD_PARTONS, n)).astype(np.int32)
     return ak.zip({"weight": np.ones(n, np.float32), "run": np.ones(n, np.int64),
                    "lumi": np.ones(n, np.int64), "event": np.arange(n, dtype=np.int64) + 1,
-                   "fatjet": fat, "constituents": _jagged(counts, const)}, depth_limit=1)
+                   "fatjet": ak.zip(fat), "constituents": _jagged(counts, const)}, depth_limit=1)
 
 
 def write_synthetic(folder: str | Path, kind: str, n_per_class: int, seed: int = 0) -> list[Path]:

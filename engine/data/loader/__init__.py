@@ -12,8 +12,9 @@ logic, and one module per backend (torch, dali) reads the blocks.
 
 Batches (engine.data.objects layout): events: types (B, N) int8, features (B, N, 6) float32,
 counts (B,) int32, labels (B,) int64; fat jets: constituents (B, M, 5) float32, counts (B,) int32,
-fatjet (B, 4) float32, labels (B,) int64. Both also carry weights (B,) float32 and index (B,) int64,
-the event's index in its split (unique; used to check that nothing is lost or repeated).
+fatjet (B, 4) float32 [pt, eta, phi, mass], msoftdrop (B,) float32 (NaN where the inputs did not
+record it), parton (B,) int32, labels (B,) int64. Both also carry weights (B,) float32 and index
+(B,) int64, the event's index in its split (unique; used to check that nothing is lost or repeated).
 
 Epoch semantics (torch backend):
 - Blocks (tar members) are put in a seeded random order per epoch (`set_epoch`), the same on every

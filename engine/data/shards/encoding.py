@@ -13,14 +13,18 @@ Stored precision (decoded values are float32):
   phi                   int16 in steps of PHI_STEP = 2 pi / 65536 (abs error <= 4.8e-5, wraps at +-pi)
   charge, type code     int8 / uint8 (exact); pid: per-block table, exact
   weight, fat-jet axis  float32 (exact); label uint8 (exact)
+  msoftdrop, parton     float32 / int32 per fat jet (exact; NaN / 0 where not recorded)
 
 Binary layout: HEADER (magic, format version, kind, codec, index of the first event in its split,
 n_events, n_objects, n_pids, raw size, CRC-32 of the payload), then the LZ4 / zstd frame of the raw
 columns, widest dtype first so that every column is aligned:
   events : weights f4[n] | counts u2[n] pt f2[m] eta i2[m] phi i2[m] mass f2[m] btag f2[m]
            | labels u1[n] types u1[m] charge i1[m]
-  fatjets: weights f4[n] fatjet f4[n,4] pid_table i4[p] | counts u2[n] pt f2[m] eta i2[m] phi i2[m]
-           | labels u1[n] charge i1[m] pid_index u1[m]
+  fatjets: weights f4[n] fatjet f4[n,4] msoftdrop f4[n] parton i4[n] pid_table i4[p]
+           | counts u2[n] pt f2[m] eta i2[m] phi i2[m] | labels u1[n] charge i1[m] pid_index u1[m]
+
+Format versions: 2 added msoftdrop and parton to fat-jet blocks. Blocks of another version are
+refused (BlockError); the shard readers ask for the shards to be rebuilt with `shard`.
 """
 from __future__ import annotations
 
@@ -33,7 +37,7 @@ import pyarrow as pa
 
 from engine.data import objects
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MAGIC = b"EVBK"
 HEADER = struct.Struct("<4sHBBQIIIII")
 KINDS = ("events", "fatjets")
@@ -46,7 +50,7 @@ ZSTD_LEVEL = 9
 PRECISION = {"pt": "float16", "mass": "float16", "btag": "float16",
              "eta": "int16, step 2**-12, clipped at +-8", "phi": "int16, step 2 pi / 65536",
              "charge": "int8", "type": "uint8", "pid": "exact", "weight": "float32",
-             "fatjet": "float32", "label": "uint8"}
+             "fatjet": "float32", "msoftdrop": "float32", "parton": "int32", "label": "uint8"}
 
 EVENT_COLUMNS = (("counts", "n", np.uint16), ("pt", "m", np.float16), ("eta", "m", np.int16),
                  ("phi", "m", np.int16), ("mass", "m", np.float16), ("btag", "m", np.float16),
@@ -68,6 +72,8 @@ class Block:
     weights: np.ndarray                       # (n,) float32
     fatjet: np.ndarray | None = None          # (n, 4) float32, fat-jet datasets only
     pids: np.ndarray | None = None            # (p,) int32, fat-jet datasets only
+    msoftdrop: np.ndarray | None = None       # (n,) float32, fat-jet datasets only
+    parton: np.ndarray | None = None          # (n,) int32, fat-jet datasets only
     clipped: int = 0
     first_index: int = 0                      # index of event 0 within its split
     offsets: np.ndarray = field(init=False)   # (n + 1,) int64 object offsets
@@ -168,7 +174,9 @@ def block_from_fatjets_table(table: pa.Table) -> Block:
     fat = table.column("fatjet").combine_chunks()
     fatjet = np.stack([fat.field(k).to_numpy(zero_copy_only=False) for k in objects.FATJET_FEATURES], 1)
     return Block("fatjets", cols, table.column("weight").to_numpy().astype(np.float32),
-                 fatjet=fatjet.astype(np.float32), pids=pids.astype(np.int32), clipped=clipped)
+                 fatjet=fatjet.astype(np.float32), pids=pids.astype(np.int32), clipped=clipped,
+                 msoftdrop=fat.field("msoftdrop").to_numpy(zero_copy_only=False).astype(np.float32),
+                 parton=fat.field("parton").to_numpy(zero_copy_only=False).astype(np.int32))
 
 
 def take(block: Block, rows: np.ndarray) -> Block:
@@ -176,8 +184,9 @@ def take(block: Block, rows: np.ndarray) -> Block:
     counts = block.columns["counts"].astype(np.int64)[rows]
     flat = np.repeat(block.offsets[rows], counts) + objects.ranks_within(counts)
     cols = {k: (v[rows] if k in ("counts", "labels") else v[flat]) for k, v in block.columns.items()}
-    fatjet = None if block.fatjet is None else block.fatjet[rows]
-    return Block(block.kind, cols, block.weights[rows], fatjet=fatjet, pids=block.pids)
+    per_jet = {k: None if getattr(block, k) is None else getattr(block, k)[rows]
+               for k in ("fatjet", "msoftdrop", "parton")}
+    return Block(block.kind, cols, block.weights[rows], pids=block.pids, **per_jet)
 
 
 def _layout(kind: str):
@@ -188,7 +197,8 @@ def encode(block: Block, first_index: int = 0, codec: str = DEFAULT_CODEC) -> by
     """Serialise a block: header + compressed columns (see module docstring); codec in CODECS."""
     head = [block.weights.astype("<f4")]
     if block.kind == "fatjets":
-        head += [block.fatjet.astype("<f4"), block.pids.astype("<i4")]
+        head += [block.fatjet.astype("<f4"), block.msoftdrop.astype("<f4"), block.parton.astype("<i4"),
+                 block.pids.astype("<i4")]
     body = [block.columns[name].astype(np.dtype(dt).newbyteorder("<"), copy=False)
             for name, _, dt in _layout(block.kind)]
     raw = b"".join(np.ascontiguousarray(a).tobytes() for a in head + body)
@@ -226,7 +236,8 @@ def read_header(data: bytes | memoryview) -> Header:
     if magic != MAGIC:
         raise BlockError("not an event block (bad magic)")
     if version != FORMAT_VERSION:
-        raise BlockError(f"block format version {version} (this engine reads {FORMAT_VERSION})")
+        raise BlockError(f"block format version {version} (this engine reads {FORMAT_VERSION}: "
+                         f"rebuild the shards with `python -m engine shard`)")
     if kind >= len(KINDS) or codec >= len(CODECS):
         raise BlockError(f"unknown block kind {kind} or codec {codec}")
     if raw != raw_size(KINDS[kind], n, m, p) or (KINDS[kind] == "events" and p):
@@ -236,7 +247,7 @@ def read_header(data: bytes | memoryview) -> Header:
 
 def raw_size(kind: str, n: int, m: int, p: int) -> int:
     """Bytes of the uncompressed columns of a block of n events, m objects and p pids."""
-    head = 4 * n + (16 * n + 4 * p if kind == "fatjets" else 0)
+    head = 4 * n + (24 * n + 4 * p if kind == "fatjets" else 0)
     return head + sum(np.dtype(dt).itemsize * (n if per == "n" else m) for _, per, dt in _layout(kind))
 
 
@@ -265,12 +276,14 @@ def decode(data: bytes | memoryview) -> Block:
         return out
 
     weights = column(np.float32, n)
-    fatjet = column(np.float32, 4 * n).reshape(n, 4) if kind == "fatjets" else None
-    pids = column(np.int32, p) if kind == "fatjets" else None
+    per_jet = {}
+    if kind == "fatjets":
+        per_jet = {"fatjet": column(np.float32, 4 * n).reshape(n, 4), "msoftdrop": column(np.float32, n),
+                   "parton": column(np.int32, n), "pids": column(np.int32, p)}
     cols = {name: column(dt, n if per == "n" else m) for name, per, dt in _layout(kind)}
     if at != raw_size or int(cols["counts"].sum(dtype=np.int64)) != m:
         raise BlockError("block columns inconsistent with its header")
-    return Block(kind, cols, weights, fatjet=fatjet, pids=pids, first_index=head.first_index)
+    return Block(kind, cols, weights, first_index=head.first_index, **per_jet)
 
 
 def batch_shapes(kind: str, rows: int, cap: int) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
@@ -281,7 +294,8 @@ def batch_shapes(kind: str, rows: int, cap: int) -> dict[str, tuple[tuple[int, .
         return {"types": ((rows, cap), np.int8),
                 "features": ((rows, cap, len(objects.FEATURES)), np.float32), **common}
     return {"constituents": ((rows, cap, len(objects.CONSTITUENT_FEATURES)), np.float32),
-            "fatjet": ((rows, 4), np.float32), **common}
+            "fatjet": ((rows, 4), np.float32), "msoftdrop": ((rows,), np.float32),
+            "parton": ((rows,), np.int32), **common}
 
 
 def _slots(block: Block, lo: int, hi: int, rows: np.ndarray, cap: int, keep_last: bool):
@@ -328,6 +342,8 @@ def pad_into(block: Block, lo: int, hi: int, out: dict[str, np.ndarray], rows: n
         values[:, 3] = c["charge"][src]
         values[:, 4] = block.pids[c["pid_index"][src]]
         out["fatjet"][rows] = block.fatjet[lo:hi]
+        out["msoftdrop"][rows] = block.msoftdrop[lo:hi]
+        out["parton"][rows] = block.parton[lo:hi]
     # rows as one opaque item each: numpy then copies whole rows (~2x faster than float rows)
     row = np.dtype((np.void, 4 * width))
     feats.reshape(-1, width).view(row)[dest, 0] = values.view(row)[:, 0]

@@ -4,7 +4,8 @@
 the manifest, the shards skipped as unreadable (with the reason), and `problems`, a list of
 one-line problems, each starting with the file or folder it concerns (empty when everything
 agrees). What was read is compared with the manifest's split totals, so a skipped shard, an
-event read twice or a count the data does not have is always a problem.
+event read twice or a count the data does not have is always a problem. Fat-jet splits also get
+their soft-drop mass distribution and parton label counts.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.data import remote, shards
+from engine.data.canonical.summary import parton_counts
 from engine.data.loader import LoaderConfig, make_loader
 
 
@@ -42,10 +44,13 @@ def _inspect_split(root: Path | remote.URL, name: str, manifest: dict, batch_siz
         loader = make_loader(root, cfg, split=name)
     n_classes = len(manifest["class_names"])
     per_class = np.zeros(n_classes, np.int64)
-    seen = []
+    seen, truth = [], {"msoftdrop": [], "parton": []}
     for batch in loader:
         per_class += np.bincount(batch["labels"].numpy(), minlength=n_classes)
         seen.append(batch["index"].numpy())
+        for key, values in truth.items():
+            if key in batch:
+                values.append(batch[key].numpy())
     summary = loader.summary()
     entry = manifest["splits"][name]
     index = np.concatenate(seen) if seen else np.zeros(0, np.int64)
@@ -59,11 +64,34 @@ def _inspect_split(root: Path | remote.URL, name: str, manifest: dict, batch_siz
                         f"the manifest says {entry['events_per_class']}")
     if len(np.unique(index)) != len(index):
         problems.append(f"{folder}: some events were read more than once")
-    return {"events_manifest": entry["events"], "events_read": int(len(index)),
-            "events_per_class_manifest": entry["events_per_class"],
-            "events_per_class_read": per_class.tolist(), "shards": summary["shards"],
-            "shards_skipped": summary["shards_skipped"], "bytes": entry["bytes"],
-            "problems": problems}
+    out = {"events_manifest": entry["events"], "events_read": int(len(index)),
+           "events_per_class_manifest": entry["events_per_class"],
+           "events_per_class_read": per_class.tolist(), "shards": summary["shards"],
+           "shards_skipped": summary["shards_skipped"], "bytes": entry["bytes"],
+           "problems": problems}
+    if manifest["kind"] == "fatjets":
+        out.update(_jet_truth(*(np.concatenate(v) if v else np.zeros(0) for v in truth.values())))
+    return out
+
+
+def _jet_truth(msoftdrop: np.ndarray, parton: np.ndarray) -> dict:
+    """The fat jets' soft-drop mass (count, mean, quartiles; NaN = not recorded) and parton counts."""
+    recorded = msoftdrop[~np.isnan(msoftdrop)]
+    stats = {"n": int(len(recorded)), "not_recorded": int(len(msoftdrop) - len(recorded))}
+    if len(recorded):
+        q1, median, q3 = np.percentile(recorded, [25, 50, 75])
+        stats.update(mean=float(recorded.mean()), q1=float(q1), median=float(median), q3=float(q3))
+    pids, counts = np.unique(parton.astype(np.int64), return_counts=True)
+    return {"msoftdrop": stats, "partons": {str(p): int(n) for p, n in zip(pids, counts)}}
+
+
+def _truth_lines(split: dict) -> list[str]:
+    sd = split["msoftdrop"]
+    text = (f"mean {sd['mean']:.1f}, quartiles {sd['q1']:.1f} / {sd['median']:.1f} / {sd['q3']:.1f} GeV"
+            if sd["n"] else "none recorded")
+    if sd["n"] and sd["not_recorded"]:
+        text += f"; {sd['not_recorded']} jets without (version-1 inputs)"
+    return [f"        msoftdrop {text}", f"        parton    {parton_counts(split['partons'])}"]
 
 
 def format_inspection(report: dict) -> str:
@@ -77,6 +105,8 @@ def format_inspection(report: dict) -> str:
                                                          split["events_per_class_read"]))
         lines.append(f"  {name:5s} read {split['events_read']} / {split['events_manifest']} events "
                      f"in {split['shards']} shards ({per_class})")
+        if "msoftdrop" in split:
+            lines += _truth_lines(split)
     n = len(report["problems"])
     lines.append(f"  NOT OK: {n} problem{'s' * (n != 1)} (one line each on stderr)" if n
                  else "  ok: everything matches the manifest")

@@ -88,12 +88,14 @@ def load_manifest(path: str | Path) -> dict:
         raise InputError(source, f"unreadable manifest ({exc.__class__.__name__})") from None
     if not isinstance(manifest, dict) or manifest.get("format") != SHARD_FORMAT:
         raise InputError(source, f"not a {SHARD_FORMAT} manifest")
-    for key, want in (("format_version", (SHARD_FORMAT_VERSION,)),
-                      ("block_format_version", (encoding.FORMAT_VERSION,)),
-                      ("schema_version", schema.READ_VERSIONS)):
-        if manifest.get(key) not in want:
-            raise InputError(source, f"{key} {manifest.get(key)} (this engine reads "
-                                     f"{', '.join(map(str, want))})")
+    for key, want in (("format_version", SHARD_FORMAT_VERSION),
+                      ("block_format_version", encoding.FORMAT_VERSION),
+                      ("schema_version", schema.SCHEMA_VERSION)):
+        if manifest.get(key) != want:
+            older = isinstance(manifest.get(key), int) and manifest[key] < want
+            raise InputError(source, f"{key} {manifest.get(key)} (this engine reads {want}"
+                                     + ("; rebuild the shards from their Parquet files with "
+                                        "`python -m engine shard`)" if older else ")"))
     validate_manifest(manifest, source)
     return manifest
 

@@ -1,6 +1,12 @@
 """Tasks on Dask: an existing scheduler, or a cluster started from a ClusterConfig
 (distributed.LocalCluster, or dask_jobqueue's SLURMCluster / HTCondorCluster).
 
+A cluster's batch jobs (Slurm, HTCondor) start their workers when the batch system runs them:
+the run waits for the first one (`ClusterConfig.start_timeout_s`), stops at once when the batch
+system refuses every worker job (the submit command's error), and closing the cluster, at the end
+or on any error, cancels the jobs. The scheduler listens where the `interface` option says
+(`lo` on one machine, the compute network's interface on a cluster).
+
 Each attempt is one Dask task (`pure=False`, so a retry is a new key). Dask itself reruns a task
 whose worker was lost (up to `distributed.scheduler.allowed-failures`); when it gives up
 (KilledWorker) or the task raised, the attempt counts against `spec.retries` like on the local pool.
@@ -8,6 +14,7 @@ whose worker was lost (up to `distributed.scheduler.allowed-failures`); when it 
 from __future__ import annotations
 
 import logging
+import time
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
@@ -70,12 +77,36 @@ def client_for(spec: ExecutorSpec) -> Iterator[Any]:
         with client:
             yield client
         return
-    with start_cluster(spec.cluster, spec.cluster_file) as cluster, Client(cluster) as client:
+    refusals: list[str] = []
+    with start_cluster(spec.cluster, spec.cluster_file, refusals) as cluster, Client(cluster) as client:
+        _wait_for_a_worker(client, spec.cluster, spec.cluster_file or "cluster", refusals)
         yield client
 
 
+def _wait_for_a_worker(client, config: ClusterConfig, source: str, refusals: list[str]) -> None:
+    """Wait for the first worker (batch jobs may queue); the run goes on as more join. An InputError
+    when the batch system refused every worker job, or when none started within
+    `config.start_timeout_s`; the cluster's jobs are cancelled on the way out."""
+    deadline = time.monotonic() + config.start_timeout_s
+    while len(refusals) < config.workers:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            where = {"slurm": "squeue and the workers' job logs", "htcondor": "condor_q and the workers' job logs",
+                     "local": "the memory and processes this machine allows"}[config.type]
+            raise InputError(source, f"no Dask worker started within {config.start_timeout_s:g} s "
+                                     f"(start_timeout_s): check {where}; the cluster's jobs were cancelled")
+        try:
+            client.wait_for_workers(1, timeout=min(1.0, left))
+            return
+        except TimeoutError:
+            continue
+    raise InputError(source, f"the batch system refused the worker jobs: {refusals[0]}")
+
+
 @contextmanager
-def start_cluster(config: ClusterConfig, source: str | None) -> Iterator[Any]:
+def start_cluster(config: ClusterConfig, source: str | None, refusals: list[str]) -> Iterator[Any]:
+    """The cluster of `config`, closed at the end (its batch jobs cancelled); a worker job the batch
+    system refuses is recorded in `refusals` (the submit command's error)."""
     if config.type == "local":
         from distributed import LocalCluster
 
@@ -87,9 +118,31 @@ def start_cluster(config: ClusterConfig, source: str | None) -> Iterator[Any]:
 
         cls = getattr(dask_jobqueue, JOBQUEUE[config.type])
         try:
-            cluster = cls(**config.options)
+            cluster = cls(job_cls=_recording_refusals(cls.job_cls, refusals), **config.options)
         except (TypeError, ValueError) as exc:
             raise InputError(source or "cluster", f"options for {JOBQUEUE[config.type]}: {exc}") from None
         cluster.scale(jobs=config.workers)
     with cluster:
         yield cluster
+
+
+def _recording_refusals(job_cls: type, refusals: list[str]) -> type:
+    """dask_jobqueue's `job_cls` whose start, when the submit command fails, records its error
+    instead of raising in the cluster's event loop (a traceback in the log, and a cluster that no
+    longer closes cleanly): the job stands as one without a job id, which closing skips."""
+    from distributed.core import Status
+
+    class Job(job_cls):
+        async def start(self):
+            try:
+                await super().start()
+            except RuntimeError as exc:       # dask_jobqueue's "Command exited with non-zero exit code"
+                lines = [line.strip() for line in str(exc).split("stderr:")[-1].splitlines() if line.strip()]
+                refusals.append(lines[0][:200] if lines else str(exc).splitlines()[0])
+                self.status = Status.running
+
+        async def close(self):
+            await super().close()
+            self.status = Status.closed
+
+    return Job

@@ -7,17 +7,22 @@ the tasks in this process). `--executor dask` runs them on a Dask cluster: an ex
     type: slurm            # local | slurm | htcondor
     workers: 20            # local: worker processes; slurm/htcondor: batch jobs, one worker each
     threads_per_worker: 1  # Pythia is not thread-safe: keep 1 for generation
+    start_timeout_s: 900   # wait this long for the first worker's job to start, then stop
     options:               # passed as they are to dask_jobqueue.SLURMCluster / HTCondorCluster
       cores: 1
       memory: 4GB
       walltime: "04:00:00"
 
 `--task-index I --num-tasks T` (generate and convert) runs only the I-th of T contiguous slices of
-the task list, for HTCondor or Slurm array jobs without Dask.
+the task list, for HTCondor or Slurm array jobs without Dask. In a Slurm array job they default to
+the element's place in the array (`SLURM_ARRAY_TASK_ID`, `_MIN`, `_STEP`, `_COUNT`), so an array
+element needs no slice options; HTCondor passes `--task-index $(Process) --num-tasks N`.
 """
 from __future__ import annotations
 
 import argparse
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -35,11 +40,15 @@ class ClusterConfig:
     workers: int = 2
     threads_per_worker: int = 1
     options: dict[str, Any] = field(default_factory=dict)
+    start_timeout_s: float = 900.0
+    """Seconds to wait for the first worker (its batch job may queue) before the run stops."""
 
     def __post_init__(self):
         for name in ("workers", "threads_per_worker"):
             if getattr(self, name) < 1:
                 raise FieldError(name, f"must be at least 1, got {getattr(self, name)}")
+        if not self.start_timeout_s > 0:
+            raise FieldError("start_timeout_s", f"must be a number of seconds > 0, got {self.start_timeout_s}")
 
 
 @dataclass(frozen=True)
@@ -108,9 +117,11 @@ def add_executor_arguments(parser: argparse.ArgumentParser) -> None:
 def add_slice_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("array jobs")
     group.add_argument("--task-index", type=int, default=None, metavar="I",
-                       help="run only slice I (0-based) of --num-tasks slices of the tasks")
+                       help="run only slice I (0-based) of --num-tasks slices of the tasks (default "
+                            "in a Slurm array job: the element's index in the array)")
     group.add_argument("--num-tasks", type=int, default=None, metavar="T",
-                       help="number of slices (array jobs) the tasks are cut into")
+                       help="number of slices (array jobs) the tasks are cut into (default in a Slurm "
+                            "array job: SLURM_ARRAY_TASK_COUNT)")
 
 
 def executor_spec(args: argparse.Namespace) -> ExecutorSpec:
@@ -127,8 +138,43 @@ def executor_spec(args: argparse.Namespace) -> ExecutorSpec:
                         cluster=cluster, cluster_file=args.cluster, retries=args.retries)
 
 
-def task_slice(args: argparse.Namespace) -> TaskSlice:
+def task_slice(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> TaskSlice:
+    """The slice of `--task-index/--num-tasks`; without them, the Slurm array element this runs as
+    (`environ`, default os.environ), or the whole list outside an array job."""
     index, count = getattr(args, "task_index", None), getattr(args, "num_tasks", None)
     if (index is None) != (count is None):
         raise InputError("--task-index/--num-tasks", "give both or neither")
-    return TaskSlice() if index is None else TaskSlice(index, count)
+    if index is not None:
+        return TaskSlice(index, count)
+    return array_slice(os.environ if environ is None else environ)
+
+
+def array_slice(environ: Mapping[str, str]) -> TaskSlice:
+    """The slice of a Slurm array element: element (ID - MIN) / STEP of COUNT, so `--array=0-99`,
+    `--array=1-100` and `--array=0-198:2` all cut the tasks into 100 slices. An array given as a
+    list (`--array=3,7`) has no such place: the slice options must say it."""
+    if "SLURM_ARRAY_TASK_ID" not in environ:
+        return TaskSlice()
+    task, first, count, step = (_whole(environ, name, default) for name, default in
+                                (("SLURM_ARRAY_TASK_ID", None), ("SLURM_ARRAY_TASK_MIN", "0"),
+                                 ("SLURM_ARRAY_TASK_COUNT", None), ("SLURM_ARRAY_TASK_STEP", "1")))
+    last = first + (count - 1) * step
+    if _whole(environ, "SLURM_ARRAY_TASK_MAX", str(last)) != last:
+        raise InputError("SLURM_ARRAY_TASK_ID", f"the array is a list of {count} elements, not a range "
+                                                "A-B[:S]: give --task-index and --num-tasks")
+    offset = task - first
+    if step < 1 or offset < 0 or offset % step or not 0 <= offset // step < count:
+        raise InputError("SLURM_ARRAY_TASK_ID", f"{task} is not element 0..{count - 1} of an array "
+                                                f"{first}..{last} in steps of {step} "
+                                                "(use --array=A-B[:S], or give --task-index and --num-tasks)")
+    return TaskSlice(offset // step, count)
+
+
+def _whole(environ: Mapping[str, str], name: str, default: str | None) -> int:
+    text = environ.get(name, default)
+    if text is None:
+        raise InputError(name, "is not set, but SLURM_ARRAY_TASK_ID is (give --task-index and --num-tasks)")
+    try:
+        return int(text)
+    except ValueError:
+        raise InputError(name, f"expected a whole number, got {text!r}") from None
