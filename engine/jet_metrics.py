@@ -9,10 +9,11 @@ the inputs did not record it: those jets are left out here and counted).
 inclusive cut at eps_S = 0.5.
 
 `mass_sculpting` is the decorrelation check of the literature (e.g. Kasieczka and Shih, DisCo,
-2020): the Jensen-Shannon divergence (log base 2, so 0 <= JSD <= 1) between the background's
-msoftdrop distribution before and after a cut on the signal score that keeps a fraction eps_S = 0.5
-of the signal, in bins of 10 GeV from 0 to 300 GeV plus one overflow bin. 0 means the cut leaves the
-background's mass shape untouched; a tagger that learned the mass gives a large JSD (small 1/JSD).
+2020): the Jensen-Shannon divergence (log base 2, so 0 <= JSD <= 1) between the msoftdrop
+distributions of the background jets that pass and that fail a cut on the signal score keeping a
+fraction eps_S = 0.5 of the signal, in bins of 10 GeV from 0 to 300 GeV plus one overflow bin. 0
+means the cut leaves the background's mass shape untouched; a tagger that learned the mass gives a
+large JSD (small 1/JSD). With no background jet on one side of the cut the JSD is undefined (NaN).
 """
 from __future__ import annotations
 
@@ -98,7 +99,8 @@ def mass_histogram(mass: np.ndarray, bins: tuple[float, float, float] = SCULPTIN
 
 def mass_sculpting(scores: np.ndarray, labels: np.ndarray, msoftdrop: np.ndarray, signal: int,
                    efficiency: float = SCULPTING_EFFICIENCY) -> dict:
-    """The background's msoftdrop JSD before / after the cut keeping `efficiency` of the signal."""
+    """The msoftdrop JSD of the background jets passing / failing the cut keeping `efficiency`
+    of the signal."""
     score, is_signal = scores[:, signal], labels == signal
     background = ~is_signal
     out = {"signal_efficiency": efficiency, "bins_gev": list(SCULPTING_BINS_GEV) + ["overflow"],
@@ -108,7 +110,8 @@ def mass_sculpting(scores: np.ndarray, labels: np.ndarray, msoftdrop: np.ndarray
                 "inverse_jsd": float("nan")}
     cut = score_threshold(score[is_signal], efficiency)
     passing = background & (score >= cut)
-    jsd = jensen_shannon(mass_histogram(msoftdrop[background]), mass_histogram(msoftdrop[passing]))
+    failing = background & ~(score >= cut)
+    jsd = jensen_shannon(mass_histogram(msoftdrop[failing]), mass_histogram(msoftdrop[passing]))
     return {**out, "score_threshold": cut, "signal_passing": _fraction(score[is_signal] >= cut),
             "background_passing": int(passing.sum()), "jsd": jsd,
             "inverse_jsd": None if jsd == 0 else (float("nan") if math.isnan(jsd) else 1.0 / jsd)}

@@ -93,3 +93,25 @@ def test_the_hbb_sweep_runs_end_to_end_on_small_shards(jet_shards, tmp_path):
         assert config["model"]["options"]["inputs"] == "constituents"
     small_cnn = yaml.safe_load((tmp_path / "runs" / "small_cnn" / "config.yaml").read_text())
     assert small_cnn["model"]["options"] == {"in_chans": 1}
+
+
+def test_gbt_features_in_chunks_equal_the_features_of_all_jets_at_once(monkeypatch):
+    import torch
+    from engine.training import gbt
+    rng = np.random.default_rng(5)
+    batches = []
+    for _ in range(5):
+        counts = rng.integers(0, 40, 16)
+        constituents = np.zeros((16, 40, 5), np.float32)
+        for i, n in enumerate(counts):
+            constituents[i, :n] = np.stack([rng.exponential(20, n), rng.normal(0, 0.3, n), rng.normal(3.0, 0.3, n),
+                                            rng.integers(-1, 2, n), rng.choice([211, 22, 11], n)], 1)
+        fatjet = np.stack([rng.uniform(300, 600, 16), rng.normal(0, 1, 16), np.full(16, 3.0),
+                           rng.uniform(20, 200, 16)], 1).astype(np.float32)
+        batches.append({"constituents": torch.from_numpy(constituents), "counts": torch.from_numpy(counts),
+                        "fatjet": torch.from_numpy(fatjet), "labels": torch.from_numpy(rng.integers(0, 2, 16))})
+    whole, labels = gbt.collect(batches)
+    monkeypatch.setattr(gbt, "CHUNK_EVENTS", 20)
+    chunked, chunk_labels = gbt.collect(batches)
+    assert whole.shape == (80, len(JET_FEATURES)) and np.array_equal(labels, chunk_labels)
+    np.testing.assert_allclose(chunked, whole, rtol=1e-6, atol=1e-7)

@@ -328,6 +328,18 @@ def test_jobs_with_pileup_generate_fat_jets_too(tmp_path, library_folder):
     assert meta["schema_version"] == 2 and meta["provenance"]["pileup"]["mu"] == 3.0
 
 
+def test_chs_removes_charged_pileup_from_fat_jets(tmp_path, library_folder):
+    def charged_constituents(chs: bool) -> int:
+        detector = dataclasses.replace(DetectorConfig(), pileup=dataclasses.replace(DetectorConfig().pileup, chs=chs))
+        job = GenerateJob("qcd", 3, 7000.0, 4, load_selection("madrazo2017"), detector,
+                          pileup=pileup.PileupConfig(mu=30.0, sigma_z_mm=46.0, library_events=LIBRARY_EVENTS))
+        summary = generate(job, tmp_path / str(chs), progress=False, library_folder=library_folder)
+        charge = pq.read_table(Path(summary["path"]) / "part-000000.parquet").column("constituents")
+        return int(np.count_nonzero(ak.flatten(ak.from_arrow(charge).charge)))
+
+    assert charged_constituents(True) < charged_constituents(False)
+
+
 def test_prompt_leptons_come_from_a_w_or_z_through_their_own_copies():
     from benchmarks.pileup_physics import prompt_leptons
 

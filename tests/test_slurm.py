@@ -5,6 +5,8 @@ likewise for `convert` (`sbatch --array=1-3 --wrap ...`), one input per element.
 in configs/batch/ are checked without Slurm."""
 from __future__ import annotations
 
+import argparse
+
 import json
 import subprocess
 import sys
@@ -67,6 +69,14 @@ def test_explicit_slice_options_win_over_the_environment(tmp_path, monkeypatch, 
     assert main([*GENERATE, "--out", str(tmp_path), "--task-index", "1", "--num-tasks", "4"]) == 0
     assert "1 task(s) run" in capsys.readouterr().out
     assert sorted(p.name for p in (tmp_path / "dy").glob("part-*")) == ["part-000001.parquet"]
+
+
+def test_a_slice_from_the_environment_is_said_on_stderr(capsys):
+    from engine.data.tasks.spec import task_slice
+    args = argparse.Namespace(task_index=None, num_tasks=None)
+    assert task_slice(args, _array(1, 4)) == TaskSlice(1, 4)
+    assert "slice 1 of 4 from the Slurm array element's environment" in capsys.readouterr().err
+    assert task_slice(args, {}) == TaskSlice() and capsys.readouterr().err == ""
 
 
 def _files(folder: Path) -> dict[str, bytes]:

@@ -50,7 +50,7 @@ def delta_r(a, b):
     return math.hypot(a[0] - b[0], dphi)
 
 
-def naive_exclusive_kt(jet: np.ndarray, n: int, radius: float = 0.8) -> list[tuple[float, float]]:
+def naive_exclusive_kt(jet: np.ndarray, n: int, radius: float = 1000.0) -> list[tuple[float, float]]:
     """kt clustering step by step (the smallest of d_ij = min(kt_i^2, kt_j^2) dR_ij^2 / R^2 and
     d_iB = kt_i^2; a beam merge removes the pseudojet) until n pseudojets remain."""
     alive = [four_vector(*c) for c in jet]

@@ -55,7 +55,7 @@ def data_steps(out: Path, events: int, workers: int, seed: int, pileup: float = 
     """Generate (one argument list per class), inspect, shard and draw, as `python -m engine`
     argument lists by step name."""
     parquet = out / "parquet"
-    with_pileup = ["--pileup", f"{pileup:g}"] if pileup else []
+    with_pileup = ["--pileup", repr(float(pileup))] if pileup else []
     return {
         "generate": [["generate", "--process", name, "--events", str(events), "--out", str(parquet),
                       "--seed", str(seed + i), "--workers", str(workers),

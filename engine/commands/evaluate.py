@@ -55,13 +55,14 @@ def _mass_lines(m: dict) -> list[str]:
                      f"passing the inclusive eps_S = 0.5 cut: {w['signal_passing_inclusive_cut']:.3f} signal, "
                      f"{w['background_passing_inclusive_cut']:.3f} background")
     sculpt = m.get("mass_sculpting")
-    if sculpt and not sculpt["background_passing"]:
-        lines.append(f"  mass sculpting: no background jet passes the eps_S = {sculpt['signal_efficiency']} "
+    if sculpt and sculpt["background_passing"] in (0, sculpt["background_events"]):
+        side = "passes" if not sculpt["background_passing"] else "fails"
+        lines.append(f"  mass sculpting: no background jet {side} the eps_S = {sculpt['signal_efficiency']} "
                      "cut (JSD undefined)")
     elif sculpt:
         inverse = sculpt["inverse_jsd"]
         inverse_text = "infinite" if inverse is None else f"{inverse:.1f}"
-        lines.append(f"  mass sculpting: background msoftdrop JSD before / after the eps_S = "
+        lines.append(f"  mass sculpting: msoftdrop JSD of the background passing / failing the eps_S = "
                      f"{sculpt['signal_efficiency']} cut {sculpt['jsd']:.4f} (1/JSD {inverse_text}; "
                      f"{sculpt['background_passing']} of {sculpt['background_events']} background jets pass)")
     return lines

@@ -11,7 +11,8 @@ through wrapped differences. Constituents are massless (rapidity = eta, E = pt c
 
   N-subjettiness (Thaler and Van Tilburg 2011), beta = 1, R0 = 0.8:
       tau_N = sum_k pt_k min_a dR(k, a) / sum_k pt_k R0, over the axes a of the N exclusive-kt
-      subjets (FastJet, R = 0.8) of the jet's constituents; tau_N = 0 for a jet of at most N
+      subjets of the jet's constituents (FastJet kt with R = 1000, so no constituent is lost
+      to the beam, as fjcontrib's exclusive-kt axes); tau_N = 0 for a jet of at most N
       constituents (each can be its own axis).
   Energy correlation D2 (Larkoski, Moult and Neill 2014), beta = 1: with z_i = pt_i / sum pt,
       e2 = sum_{i<j} z_i z_j dR_ij, e3 = sum_{i<j<k} z_i z_j z_k dR_ij dR_ik dR_jk, D2 = e3 / e2^3.
@@ -24,7 +25,9 @@ import warnings
 import numpy as np
 
 R0 = 0.8
-"""The jet radius: exclusive-kt reclustering and the N-subjettiness normalisation."""
+"""The jet radius: the N-subjettiness normalisation."""
+AXES_R = 1000.0
+"""The radius of the exclusive-kt reclustering that finds the axes (every constituent in some axis)."""
 LEADING = 4
 """Leading constituents whose pt fractions are features."""
 JET_FEATURES = ("pt", "eta", "mass", "n_constituents", "tau21", "tau32", "d2",
@@ -47,7 +50,7 @@ def wrap_phi(dphi: np.ndarray) -> np.ndarray:
 
 
 def exclusive_kt_axes(pt, eta, phi, mask, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Rapidity and phi (B, n) of the n exclusive-kt subjets (R = R0) of each jet's constituents;
+    """Rapidity and phi (B, n) of the n exclusive-kt subjets (R = AXES_R) of each jet's constituents;
     NaN for a jet with n constituents or fewer (it needs no axes: its tau_n is 0). One FastJet
     call for all jets that have more."""
     import awkward as ak
@@ -65,7 +68,7 @@ def exclusive_kt_axes(pt, eta, phi, mask, n: int) -> tuple[np.ndarray, np.ndarra
                                      "E": p * np.cosh(e)}), counts[many])
     with stdout_silenced(), warnings.catch_warnings():     # FastJet's banner; its spurious kt warning
         warnings.filterwarnings("ignore", message="dcut and exclusive jets")
-        sequence = fastjet.ClusterSequence(particles, fastjet.JetDefinition(fastjet.kt_algorithm, R0))
+        sequence = fastjet.ClusterSequence(particles, fastjet.JetDefinition(fastjet.kt_algorithm, AXES_R))
         subjets = sequence.exclusive_jets(n)
     px, py, pz, energy = (ak.to_numpy(ak.flatten(subjets[c])).reshape(-1, n) for c in ("px", "py", "pz", "E"))
     rap[many] = 0.5 * np.log((energy + pz) / (energy - pz))

@@ -39,16 +39,27 @@ def gbt_features(batch: dict) -> np.ndarray:
     return np.concatenate([types, np.asarray(batch["features"])], axis=-1).reshape(len(types), -1)
 
 
+CHUNK_EVENTS = 65_536
+"""Events whose features are computed together: enough for the substructure sums to go fast on
+many jets at a time, few enough to bound the memory of their temporaries."""
+
+
 def collect(loader) -> tuple[np.ndarray, np.ndarray]:
-    """All events of a loader as (features, labels), the features computed once over all of them
-    (the substructure sums go fastest on many jets at a time, grouped by their counts)."""
-    arrays: dict[str, list[np.ndarray]] = {}
+    """All events of a loader as (features, labels), the features computed per chunk of about
+    CHUNK_EVENTS events (each event's features depend on that event alone)."""
+    features, labels, pending, held = [], [], {}, 0
     for batch in loader:
-        for key in (*FEATURE_KEYS, "labels"):
+        for key in FEATURE_KEYS:
             if key in batch:
-                arrays.setdefault(key, []).append(batch[key].numpy())
-    merged = {key: np.concatenate(parts) for key, parts in arrays.items()}
-    return gbt_features(merged), merged["labels"]
+                pending.setdefault(key, []).append(batch[key].numpy())
+        labels.append(batch["labels"].numpy())
+        held += len(labels[-1])
+        if held >= CHUNK_EVENTS:
+            features.append(gbt_features({k: np.concatenate(v) for k, v in pending.items()}))
+            pending, held = {}, 0
+    if held:
+        features.append(gbt_features({k: np.concatenate(v) for k, v in pending.items()}))
+    return np.concatenate(features), np.concatenate(labels)
 
 
 def _finished_run(cfg, config: dict) -> dict | None:

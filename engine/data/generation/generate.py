@@ -260,12 +260,19 @@ def _reconstruct_jets(inputs: ak.Array, cfg: detector.JetConfig, rng,
 # ---------------------------------------------------------------- large-radius jets
 
 def reconstruct_fatjets(particles: ak.Array, flat: dict, counts: np.ndarray, cfg: DetectorConfig,
-                        selection: SelectionConfig, require_higgs: bool) -> ak.Array:
+                        selection: SelectionConfig, require_higgs: bool,
+                        overlay: Overlay | None = None, rng: np.random.Generator | None = None) -> ak.Array:
     """Large-radius jets passing the selection, flattened over events: (J,) records with `ibatch`
     (event in the batch), fatjet {pt, eta, phi, mass, msoftdrop, parton} (engine.data.generation.jets),
     constituents [{pt, eta, phi, charge, pid}].
+
+    With an overlay (pileup in the particles), charged-hadron subtraction (`cfg.pileup.chs`, drawing
+    track z from `rng`) removes charged pileup before clustering; neutral pileup stays in the jets
+    (no area correction: the soft-drop mass is the pileup-robust mass).
     """
     visible = _visible(flat, cfg)
+    if overlay is not None and cfg.pileup.chs:
+        visible = visible & ~subtraction.chs_removed(flat, counts, overlay.hard_z, cfg.pileup, rng)
     seen = particles[_jagged(visible, counts)]
     raw, cidx = _cluster(ak.zip({"px": seen.px, "py": seen.py, "pz": seen.pz, "E": seen.e}),
                          cfg.fatjets.radius, cfg.fatjets.pt_min_gev, with_constituents=True)
@@ -365,7 +372,7 @@ def _rows(batch, process: Process, job: GenerateJob, rng, charge_of, task: int,
     particles, flat, counts = batch_particles(batch, charge_of, overlay)
     if process.kind == "fatjets":
         rows = reconstruct_fatjets(particles, flat, counts, job.detector, job.selection,
-                                   require_higgs=process.name == "hbb")
+                                   require_higgs=process.name == "hbb", overlay=overlay, rng=rng)
         number = accepted + 1 + np.arange(len(rows))
     else:
         events = reconstruct_events(particles, flat, counts, job.detector, rng, overlay, job.selection)

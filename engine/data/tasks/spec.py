@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -146,7 +147,11 @@ def task_slice(args: argparse.Namespace, environ: Mapping[str, str] | None = Non
         raise InputError("--task-index/--num-tasks", "give both or neither")
     if index is not None:
         return TaskSlice(index, count)
-    return array_slice(os.environ if environ is None else environ)
+    found = array_slice(os.environ if environ is None else environ)
+    if not found.whole:
+        print(f"slice {found.index} of {found.count} from the Slurm array element's environment "
+              "(SLURM_ARRAY_TASK_*; --task-index/--num-tasks override it)", file=sys.stderr)
+    return found
 
 
 def array_slice(environ: Mapping[str, str]) -> TaskSlice:
