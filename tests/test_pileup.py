@@ -370,7 +370,7 @@ def test_the_demo_passes_its_pileup_to_generate_and_records_it_only_when_set(tmp
     from engine.commands.demo import data_steps
 
     assert all("--pileup" not in argv for argv in data_steps(tmp_path, 10, 1, 1)["generate"])
-    assert all(argv[-2:] == ["--pileup", "9"] for argv in data_steps(tmp_path, 10, 1, 1, 9.0)["generate"])
+    assert all(argv[-2:] == ["--pileup", "9.0"] for argv in data_steps(tmp_path, 10, 1, 1, 9.0)["generate"])
     assert main(["demo", "--out", str(tmp_path / "demo"), "--pileup", "-2"]) == 2
     assert capsys.readouterr().err.strip() == "error: --pileup: must be a mean number of interactions >= 0, got -2"
     assert not (tmp_path / "demo").exists()
