@@ -24,6 +24,8 @@ import warnings
 
 import numpy as np
 
+from engine.data.generation.detector import wrap_phi
+
 R0 = 0.8
 """The jet radius: the N-subjettiness normalisation."""
 AXES_R = 1000.0
@@ -42,11 +44,6 @@ def real_constituents(constituents: np.ndarray, counts: np.ndarray):
     mask = np.arange(constituents.shape[1]) < np.asarray(counts).reshape(-1, 1)
     values = np.where(mask[..., None], np.asarray(constituents[..., :3], np.float64), 0.0)
     return values[..., 0], values[..., 1], values[..., 2], mask
-
-
-def wrap_phi(dphi: np.ndarray) -> np.ndarray:
-    """Angle differences mapped into [-pi, pi)."""
-    return np.remainder(dphi + np.pi, 2 * np.pi) - np.pi
 
 
 def exclusive_kt_axes(pt, eta, phi, mask, n: int) -> tuple[np.ndarray, np.ndarray]:

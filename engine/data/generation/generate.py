@@ -147,6 +147,16 @@ def _visible(flat: dict, cfg: DetectorConfig) -> np.ndarray:
     return (flat["status"] > 0) & ~neutrino & (np.abs(flat["eta"]) < cfg.jets.abs_eta_max)
 
 
+def _reconstructed(flat: dict, counts: np.ndarray, cfg: DetectorConfig, overlay: Overlay | None,
+                   rng: np.random.Generator) -> np.ndarray:
+    """Flat (P,) bool: the visible particles reconstruction uses, after charged-hadron subtraction
+    (`cfg.pileup.chs`, one track z draw from `rng` per track) when there is pileup."""
+    visible = _visible(flat, cfg)
+    if overlay is None or not cfg.pileup.chs:
+        return visible
+    return visible & ~subtraction.chs_removed(flat, counts, overlay.hard_z, cfg.pileup, rng)
+
+
 def _jagged(mask: np.ndarray, counts: np.ndarray) -> ak.Array:
     return ak.unflatten(mask, counts)
 
@@ -166,9 +176,7 @@ def reconstruct_events(particles: ak.Array, flat: dict, counts: np.ndarray,
     clustering with ghosts.
     """
     visible = _visible(flat, cfg)
-    used = visible
-    if overlay is not None and cfg.pileup.chs:
-        used = visible & ~subtraction.chs_removed(flat, counts, overlay.hard_z, cfg.pileup, rng)
+    used = _reconstructed(flat, counts, cfg, overlay, rng)
     leptons = _reconstruct_leptons(particles, flat, counts, used, cfg.leptons, rng)
     jet_inputs = used.copy()
     jet_inputs[ak.to_numpy(ak.flatten(leptons.gidx))] = False
@@ -270,10 +278,7 @@ def reconstruct_fatjets(particles: ak.Array, flat: dict, counts: np.ndarray, cfg
     track z from `rng`) removes charged pileup before clustering; neutral pileup stays in the jets
     (no area correction: the soft-drop mass is the pileup-robust mass).
     """
-    visible = _visible(flat, cfg)
-    if overlay is not None and cfg.pileup.chs:
-        visible = visible & ~subtraction.chs_removed(flat, counts, overlay.hard_z, cfg.pileup, rng)
-    seen = particles[_jagged(visible, counts)]
+    seen = particles[_jagged(_reconstructed(flat, counts, cfg, overlay, rng), counts)]
     raw, cidx = _cluster(ak.zip({"px": seen.px, "py": seen.py, "pz": seen.pz, "E": seen.e}),
                          cfg.fatjets.radius, cfg.fatjets.pt_min_gev, with_constituents=True)
     pt, eta, phi, mass = detector.kinematics(*(ak.to_numpy(ak.flatten(raw[c]))
